@@ -1,0 +1,151 @@
+"""Shared configuration defaults.
+
+Every file under ``configs/`` starts from :func:`get_base_config` and overrides only what
+its dataset / feature setting changes. Values default to the official code's defaults
+(``tr_detr/config.py`` and ``scripts/train.sh``) so an unmodified config reproduces the
+official QVHighlights schedule.
+"""
+
+from __future__ import annotations
+
+from ml_collections import config_dict
+
+
+def get_base_config() -> config_dict.ConfigDict:
+    config = config_dict.ConfigDict()
+
+    # Random seed for parameter init, dropout, shuffling and saliency-pair sampling.
+    config.seed = 2017
+
+    # ------------------------------------------------------------------ data
+    data = config_dict.ConfigDict()
+    # Which on-disk layout to read: 'qvhighlights' | 'charades' | 'tvsum' | 'demo'.
+    data.dataset = "qvhighlights"
+    # Root folder holding the feature sub-folders named below.
+    data.feature_root = config_dict.placeholder(str)
+    # Training / evaluation annotation files (jsonl, official format).
+    data.train_path = config_dict.placeholder(str)
+    data.eval_path = config_dict.placeholder(str)
+    # Name of the evaluation split (used in output file names).
+    data.eval_split_name = "val"
+    # Video feature sub-folders of feature_root, concatenated in this order.
+    data.v_feat_dirs = ("slowfast_features", "clip_features")
+    # Per-source feature dimensions (same order as v_feat_dirs), before the TEF.
+    data.v_feat_dims = (2304, 512)
+    # Text feature sub-folder and dimension.
+    data.t_feat_dir = "clip_text_features"
+    data.t_feat_dim = 512
+    # Optional audio feature sub-folder (PANN) and dimension; None = no audio.
+    data.a_feat_dir = config_dict.placeholder(str)
+    data.a_feat_dim = config_dict.placeholder(int)
+    # Append the temporal endpoint feature [t/T, (t+1)/T] to video (and audio) features.
+    data.use_tef = True
+    # L2-normalise each video / text source x / (|x| + 1e-5).
+    data.normalize_video = True
+    data.normalize_text = True
+    # Seconds per clip feature (Charades I3D: 0.5, so this is a float).
+    data.clip_length = 2.0
+    # Padded capacities: clips, text tokens, GT windows per query.
+    data.max_v_l = 75
+    data.max_q_l = 32
+    data.max_windows = 5
+    # What to do with a video longer than max_v_l: 'truncate' (warn once) or 'error'.
+    data.on_long_video = "truncate"
+    # TVSum domain (BK BT DS FM GA MS PK PR VT VU); None for other datasets.
+    data.domain = config_dict.placeholder(str)
+    # Keep all features in host memory after the first read.
+    data.preload = True
+    # Fraction of the training set to use (official data_ratio).
+    data.data_ratio = 1.0
+    # Cache folder for the built-in demo dataset (None = ~/.cache/trdetr_jax/demo).
+    data.cache_dir = config_dict.placeholder(str)
+    config.data = data
+
+    # ----------------------------------------------------------------- model
+    model = config_dict.ConfigDict()
+    # 'official' reproduces the official code bit for bit; 'fixed' corrects its bugs.
+    model.compat = "official"
+    # Transformer width, heads, layers, FFN width, number of moment queries.
+    model.hidden_dim = 256
+    model.nheads = 8
+    model.enc_layers = 2
+    model.dec_layers = 2
+    model.dim_feedforward = 1024
+    model.num_queries = 10
+    # Number of LayerNorm-Dropout-Linear(-ReLU) blocks in each input projection.
+    model.n_input_proj = 2
+    # Dropout before input projections / inside the transformer.
+    model.input_dropout = 0.5
+    model.dropout = 0.1
+    # Decoder auxiliary outputs (losses on every decoder layer).
+    model.aux_loss = True
+    # Paper Table 4 ablation switches.
+    model.use_lgam = True  # local/global alignment losses (CTC + VTC)
+    model.use_vfr = True  # co-attention visual feature refinement
+    model.use_hd2mr = True  # highlight-to-moment re-weighting before the second encoder pass
+    model.use_mr2hd = True  # moment-to-highlight GRU re-weighting of the saliency
+    # Compute dtype for matmuls ('float32' or 'bfloat16'); params stay float32.
+    model.dtype = "float32"
+    config.model = model
+
+    # ------------------------------------------------------------------ loss
+    loss = config_dict.ConfigDict()
+    # Hungarian matching cost weights.
+    loss.set_cost_span = 10.0
+    loss.set_cost_giou = 1.0
+    loss.set_cost_class = 4.0
+    # Loss weights.
+    loss.span_loss_coef = 10.0
+    loss.giou_loss_coef = 1.0
+    loss.label_loss_coef = 4.0
+    loss.lw_saliency = 1.0
+    loss.saliency_margin = 0.2
+    # Alignment losses (LGAM) and their temperature.
+    loss.vtc_loss_coef = 0.3
+    loss.ctc_loss_coef = 0.5
+    loss.temperature = 0.07
+    # Span matching / losses on (False: TVSum, saliency only).
+    loss.use_matcher = True
+    config.loss = loss
+
+    # ----------------------------------------------------------------- optim
+    optim = config_dict.ConfigDict()
+    # AdamW learning rate and decoupled weight decay.
+    optim.lr = 1e-4
+    optim.weight_decay = 1e-4
+    # Global-norm gradient clipping.
+    optim.grad_clip = 0.1
+    # StepLR: multiply lr by lr_gamma every lr_drop epochs.
+    optim.lr_drop = 400
+    optim.lr_gamma = 0.1
+    config.optim = optim
+
+    # ----------------------------------------------------------------- train
+    train = config_dict.ConfigDict()
+    # Epochs, global batch size (split across devices), evaluation interval.
+    train.num_epochs = 200
+    train.batch_size = 32
+    train.eval_every_epochs = 5
+    train.eval_batch_size = 100
+    # Log train metrics every N steps; save the latest checkpoint every N steps.
+    train.log_every_steps = 50
+    train.checkpoint_every_steps = 500
+    # Model-selection metric from the evaluation brief (higher is better).
+    train.best_metric = "MR-full-mAP"
+    # Early stopping patience in evaluations (-1: never).
+    train.max_es_cnt = 200
+    # Initialise jax.distributed (multi-host); also enabled by JAX_COORDINATOR_ADDRESS.
+    train.distributed = False
+    config.train = train
+
+    # ------------------------------------------------------------------ eval
+    evaluation = config_dict.ConfigDict()
+    # Post-processing: 'official' (hard-coded 2 s / 150 s) or 'dataset' (clip_length, duration).
+    evaluation.postprocess = "official"
+    # Temporal NMS IoU threshold (<= 0: off), windows kept before / after NMS.
+    evaluation.nms_thd = -1.0
+    evaluation.max_before_nms = 10
+    evaluation.max_after_nms = 10
+    config.eval = evaluation
+
+    return config
