@@ -1,0 +1,195 @@
+"""Checkpoints of a training run: Orbax, keeping the latest and the best by the selection metric.
+
+One ``CheckpointManager`` under ``<workdir>/checkpoints``; each step directory holds two items:
+
+- ``state``: the :class:`~trdetr_jax.train.TrainState` pytree (step, params, optimizer state),
+  written with ``ocp.args.StandardSave``;
+- ``loop``: the host-side loop state (:class:`LoopState`) as JSON: which epoch is in progress,
+  how many of its batches are done, the best score so far, the early-stopping counter.
+
+Checkpoints saved right after an evaluation carry ``metrics={'score': ...}``. The preservation
+policy keeps the newest checkpoint (``LatestN(1)``) and the best-scoring one (``BestN(1)``);
+everything else is deleted by Orbax after each save.
+
+Atomicity: Orbax writes a step into a temporary directory and renames it only once every item
+is complete, and the manager lists finalised steps only. Saves here are synchronous (the train
+step donates its state buffers, so nothing may still be reading them when it runs), which
+means that when :meth:`RunCheckpoints.save` returns, the checkpoint is on disk. A process
+killed mid-save leaves a temporary directory that is ignored and removed
+(``cleanup_tmp_directories``) the next time a manager opens the folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+from typing import Any
+
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+STATE_ITEM = "state"
+LOOP_ITEM = "loop"
+CHECKPOINT_SUBDIR = "checkpoints"
+CONFIG_FILE = "config.json"
+
+
+@dataclasses.dataclass
+class LoopState:
+    """Host-side state of the training loop, saved beside the train state.
+
+    Together with ``config.seed`` this determines everything the rest of the run does: data
+    order and saliency-pair sampling are seeded by (seed, epoch), dropout keys by
+    ``fold_in(key(seed), step)``, so no random generator state needs saving.
+    """
+
+    # Epoch in progress (0-based) and how many of its batches are already trained.
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    # Global optimiser step (equals ``state.step``).
+    step: int = 0
+    # Best selection-metric value so far, the step / epoch it was reached at.
+    best_score: float | None = None
+    best_step: int | None = None
+    best_epoch: int | None = None
+    # Brief metrics of the best evaluation (for the final summary).
+    best_brief: dict[str, float] | None = None
+    # Evaluations in a row without improvement (early stopping).
+    es_cnt: int = 0
+    # Seed of the run that wrote this state (checked on resume).
+    seed: int = 0
+    # True once early stopping ended the run (a rerun then only reports).
+    stopped_early: bool = False
+    # Running sums of train metrics since the last log line (so a resumed run logs the same).
+    log_sums: dict[str, float] = dataclasses.field(default_factory=dict)
+    log_count: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> LoopState:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class _QuietUntracked(logging.Filter):
+    """Drops Orbax's warning for saves without metrics: only evaluated saves carry a score."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_QuietUntracked())
+
+
+def _score(metrics: dict[str, Any]) -> float:
+    return float(metrics["score"])
+
+
+class RunCheckpoints:
+    """The checkpoints of one run: latest + best, atomic, synchronous."""
+
+    def __init__(self, directory: str | os.PathLike, *, read_only: bool = False):
+        self.directory = pathlib.Path(directory).resolve()
+        options = ocp.CheckpointManagerOptions(
+            # best_fn/best_mode make `best_step()` rank by the saved metrics; what is kept is
+            # decided by `preservation_policy` alone.
+            best_fn=_score,
+            best_mode="max",
+            preservation_policy=pp.AnyPreservationPolicy(
+                [
+                    pp.LatestN(n=1),
+                    pp.BestN(get_metric_fn=_score, n=1, keep_checkpoints_without_metrics=False),
+                ]
+            ),
+            enable_async_checkpointing=False,
+            save_interval_steps=0 if read_only else 1,
+            cleanup_tmp_directories=not read_only,
+            read_only=read_only,
+            create=not read_only,
+        )
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=(STATE_ITEM, LOOP_ITEM)
+        )
+
+    # ------------------------------------------------------------------ save
+    def save(self, state: Any, loop: LoopState, *, score: float | None = None) -> None:
+        """Saves ``state`` + ``loop`` at ``loop.step``; ``score`` marks an evaluated checkpoint."""
+        metrics = None if score is None else {"score": float(score)}
+        self.manager.save(
+            loop.step,
+            args=ocp.args.Composite(
+                **{
+                    STATE_ITEM: ocp.args.StandardSave(state),
+                    LOOP_ITEM: ocp.args.JsonSave(loop.to_json()),
+                }
+            ),
+            metrics=metrics,
+            force=True,
+        )
+        self.manager.wait_until_finished()
+
+    # --------------------------------------------------------------- restore
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def best_step(self) -> int | None:
+        """The best evaluated step, or None when no saved checkpoint has been evaluated."""
+        if not any(self.manager.metrics(s) is not None for s in self.manager.all_steps()):
+            return None
+        return self.manager.best_step()
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, LoopState]:
+        """Restores the train state (to ``abstract_state``'s shapes and shardings) and loop state."""
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                **{
+                    STATE_ITEM: ocp.args.StandardRestore(abstract_state),
+                    LOOP_ITEM: ocp.args.JsonRestore(),
+                }
+            ),
+        )
+        return restored[STATE_ITEM], LoopState.from_json(restored[LOOP_ITEM])
+
+    def restore_loop(self, step: int) -> LoopState:
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(**{LOOP_ITEM: ocp.args.JsonRestore()})
+        )
+        return LoopState.from_json(restored[LOOP_ITEM])
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Writes JSON to ``path`` through a temporary file and a rename (never half-written)."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    path = pathlib.Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
