@@ -8,7 +8,17 @@ official QVHighlights schedule.
 
 from __future__ import annotations
 
+import pathlib
+
 from ml_collections import config_dict
+
+# Annotation files shipped inside the package: annotations/<dataset>/<file>.jsonl.
+ANNOTATIONS_DIR = pathlib.Path(__file__).resolve().parent / "annotations"
+
+
+def annotation_path(dataset: str, filename: str) -> str:
+    """Path of an annotation file shipped with the package (exists once installed)."""
+    return str(ANNOTATIONS_DIR / dataset / filename)
 
 
 def get_base_config() -> config_dict.ConfigDict:
@@ -24,18 +34,24 @@ def get_base_config() -> config_dict.ConfigDict:
     # Root folder holding the feature sub-folders named below.
     data.feature_root = config_dict.placeholder(str)
     # Training / evaluation annotation files (jsonl, official format).
-    data.train_path = config_dict.placeholder(str)
-    data.eval_path = config_dict.placeholder(str)
+    data.train_path = annotation_path("qvhighlights", "highlight_train_release.jsonl")
+    data.eval_path = annotation_path("qvhighlights", "highlight_val_release.jsonl")
     # Name of the evaluation split (used in output file names).
     data.eval_split_name = "val"
     # Video feature sub-folders of feature_root, concatenated in this order.
     data.v_feat_dirs = ("slowfast_features", "clip_features")
     # Per-source feature dimensions (same order as v_feat_dirs), before the TEF.
     data.v_feat_dims = (2304, 512)
+    # Video file layout: 'npz' (<vid>.npz['features']), 'npy' (<vid>.npy), 'rgb_opt' (TVSum).
+    data.v_feat_format = "npz"
     # Text feature sub-folder and dimension.
     data.t_feat_dir = "clip_text_features"
     data.t_feat_dim = 512
-    # Optional audio feature sub-folder (PANN) and dimension; None = no audio.
+    # Text file layout: 'qid_npz' (qid<qid>.npz['last_hidden_state']), 'tvsum_npz' (<qid>.npz['token']).
+    data.t_feat_format = "qid_npz"
+    # Cut text to max_q_l (official QVH/CLIP); False: error on longer text (TVSum).
+    data.truncate_text = True
+    # Optional audio sub-folder (PANN, <vid>.npy) and its dimension before the TEF; None = no audio.
     data.a_feat_dir = config_dict.placeholder(str)
     data.a_feat_dim = config_dict.placeholder(int)
     # Append the temporal endpoint feature [t/T, (t+1)/T] to video (and audio) features.
@@ -59,6 +75,21 @@ def get_base_config() -> config_dict.ConfigDict:
     data.data_ratio = 1.0
     # Cache folder for the built-in demo dataset (None = ~/.cache/trdetr_jax/demo).
     data.cache_dir = config_dict.placeholder(str)
+    # Batches loaded ahead of the train step by the prefetch thread.
+    data.prefetch_depth = 2
+    # Knobs of the built-in demo dataset generator (used when dataset == 'demo').
+    data.demo = config_dict.ConfigDict()
+    data.demo.seed = 0  # generator seed (independent of config.seed)
+    data.demo.n_train = 400  # training queries (two per video)
+    data.demo.n_val = 100  # validation queries
+    data.demo.n_topics = 8  # number of planted topics
+    data.demo.noise = 0.5  # feature noise scale relative to the unit topic signal
+    data.demo.v_dims = (48, 16)  # dims of the two video sources (slowfast_features, clip_features)
+    data.demo.t_dim = 32  # text token feature dim
+    data.demo.min_clips = 16  # shortest video, in 2 s clips
+    data.demo.max_clips = 32  # longest video, in 2 s clips
+    data.demo.min_query_len = 4  # fewest query tokens
+    data.demo.max_query_len = 10  # most query tokens
     config.data = data
 
     # ----------------------------------------------------------------- model
@@ -149,3 +180,29 @@ def get_base_config() -> config_dict.ConfigDict:
     config.eval = evaluation
 
     return config
+
+
+def apply_tiny(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
+    """Shrink a config for smoke runs (``get_config('tiny')``): 1 epoch, 1 layer, tiny FFN."""
+    config.train.num_epochs = 1
+    config.train.batch_size = 4
+    config.train.eval_batch_size = 4
+    config.train.eval_every_epochs = 1
+    config.train.log_every_steps = 1
+    config.model.enc_layers = 1
+    config.model.dec_layers = 1
+    config.model.dim_feedforward = 64
+    config.data.demo.n_train = 32
+    config.data.demo.n_val = 16
+    return config
+
+
+def parse_arg(arg: str | None) -> dict[str, str]:
+    """Options of ``--config=configs/x.py:opt1,key=value`` as a dict (flags map to '')."""
+    out: dict[str, str] = {}
+    for part in (arg or "").split(","):
+        part = part.strip()
+        if part:
+            key, _, value = part.partition("=")
+            out[key.strip()] = value.strip()
+    return out
