@@ -1,0 +1,192 @@
+"""Per-dataset readers: annotation rows + feature store -> unpadded examples.
+
+One reader class covers the three official layouts; ``layout`` chooses how targets are
+built (see :mod:`trdetr_jax.data.targets`):
+
+* ``qvhighlights`` (also the built-in demo): windows, relevant clip ids, 3 annotator scores;
+* ``charades``: windows only; relevant clips and 0/1 saliency come from the first window;
+* ``tvsum``: ``label`` (clips x 20 annotators), no windows (a dummy ``[[0, 0]]`` span).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import numpy as np
+from ml_collections import config_dict
+
+from trdetr_jax.data import annotations as ann
+from trdetr_jax.data import features, targets
+from trdetr_jax.data.errors import DataError
+
+
+class MomentDataset:
+    """Examples of one split. ``rows[i]`` is the annotation row (also the host metadata)."""
+
+    def __init__(
+        self,
+        rows: list[dict],
+        store: features.FeatureStore,
+        *,
+        layout: str,
+        clip_length: float,
+        max_v_l: int,
+        max_q_l: int,
+        max_windows: int,
+        name: str = "",
+    ):
+        self.rows = rows
+        self.store = store
+        self.layout = layout
+        self.clip_length = float(clip_length)
+        self.max_v_l, self.max_q_l, self.max_windows = max_v_l, max_q_l, max_windows
+        self.name = name
+        # Saliency pairs per example: [hard, easy] (QVH), two sampled (Charades), hard (TVSum).
+        self.num_pairs = 1 if layout == "tvsum" else 2
+        self.has_audio = store.a_feat_dir is not None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def metas(self) -> list[dict]:
+        return self.rows
+
+    def example(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Unpadded arrays of example ``index``; ``rng`` draws its random saliency pairs."""
+        row = self.rows[index]
+        video, audio = self.store.video(row["vid"])  # [T, Dv], [T, Da] | None
+        text = self.store.text(row["qid"])  # [N, Dt]
+        ctx_l = len(video)
+        out = {"video": video, "text": text}
+        if audio is not None:
+            out["audio"] = audio
+        if not ann.has_labels(row, self.layout):  # test split: zero targets, no span
+            out.update(
+                spans=np.zeros((0, 2), np.float32),
+                pos=np.zeros(self.num_pairs, np.int32),
+                neg=np.zeros(self.num_pairs, np.int32),
+                saliency_all=np.zeros(ctx_l, np.float32),
+                pos_mask=np.zeros(ctx_l, np.float32),
+            )
+            return out
+        if self.layout == "tvsum":
+            spans = np.zeros((1, 2), np.float32)  # dummy target, no matching on TVSum
+            pos, neg, sal, mask = targets.tvsum_saliency(row["label"], ctx_l)
+        else:
+            spans = targets.span_labels(
+                row["relevant_windows"], ctx_l, self.clip_length, self.max_windows, rng
+            )
+            if self.layout == "qvhighlights":
+                pos, neg, sal, mask = targets.qvh_saliency(
+                    row["relevant_clip_ids"], row["saliency_scores"], ctx_l, rng
+                )
+            else:
+                pos, neg, sal, mask = targets.window_saliency(
+                    row["relevant_windows"][0], ctx_l, self.clip_length, rng
+                )
+        out.update(spans=spans, pos=pos, neg=neg, saliency_all=sal, pos_mask=mask)
+        return out
+
+
+def resolve_config(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
+    """A copy of ``config`` with data paths filled in where the dataset provides them.
+
+    For the built-in demo this generates the dataset on first use (see
+    :mod:`trdetr_jax.data.demo`) and points ``feature_root`` / ``train_path`` /
+    ``eval_path`` at it unless they are set. Other datasets are returned unchanged.
+    """
+    config = copy.deepcopy(config)
+    data = config.data
+    if data.dataset == "demo":
+        from trdetr_jax.data import demo  # noqa: PLC0415 (only the demo needs it)
+
+        root = demo.ensure_demo_dataset(data.demo, data.cache_dir)
+        if data.feature_root is None:
+            data.feature_root = str(root)
+        if data.train_path is None:
+            data.train_path = str(root / "train.jsonl")
+        if data.eval_path is None:
+            data.eval_path = str(root / "val.jsonl")
+    return config
+
+
+def make_store(data: config_dict.ConfigDict) -> features.FeatureStore:
+    """The feature store ``config.data`` describes (no file is read yet)."""
+    return features.FeatureStore(
+        feature_root=data.feature_root,
+        v_feat_dirs=data.v_feat_dirs,
+        v_feat_dims=data.v_feat_dims,
+        v_feat_format=data.v_feat_format,
+        t_feat_dir=data.t_feat_dir,
+        t_feat_dim=data.t_feat_dim,
+        t_feat_format=data.t_feat_format,
+        a_feat_dir=data.a_feat_dir,
+        a_feat_dim=data.a_feat_dim,
+        max_v_l=data.max_v_l,
+        max_q_l=data.max_q_l,
+        truncate_text=data.truncate_text,
+        normalize_video=data.normalize_video,
+        normalize_text=data.normalize_text,
+        use_tef=data.use_tef,
+        on_long_video=data.on_long_video,
+        preload=data.preload,
+    )
+
+
+def make_dataset(
+    data: config_dict.ConfigDict, split: str, store: features.FeatureStore | None = None
+) -> MomentDataset:
+    """The ``'train'`` or ``'eval'`` split described by ``config.data`` (paths resolved)."""
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    layout = ann.layout_of(data.dataset)
+    path = data.train_path if split == "train" else data.eval_path
+    if not path:
+        raise DataError(f"config.data.{split}_path is not set")
+    rows = ann.read_annotations(
+        path,
+        layout,
+        require_labels=split == "train",
+        domain=data.domain,
+        data_ratio=data.data_ratio if split == "train" else 1.0,
+    )
+    return MomentDataset(
+        rows,
+        store if store is not None else make_store(data),
+        layout=layout,
+        clip_length=data.clip_length,
+        max_v_l=data.max_v_l,
+        max_q_l=data.max_q_l,
+        max_windows=data.max_windows,
+        name=split,
+    )
+
+
+def build_datasets(config: config_dict.ConfigDict) -> tuple[MomentDataset, MomentDataset]:
+    """``(train, eval)`` datasets sharing one feature store (one memory cache).
+
+    ``config`` must already be resolved (:func:`resolve_config`). With
+    ``config.data.preload`` the processed features stay in memory after their first read,
+    unless a probe of a few files says they would not fit (then they are read every time).
+    """
+    data = config.data
+    store = make_store(data)
+    train = make_dataset(data, "train", store)
+    evaluation = make_dataset(data, "eval", store)
+    if data.preload:
+        vids = {r["vid"] for r in train.rows} | {r["vid"] for r in evaluation.rows}
+        qids = [r["qid"] for r in train.rows] + [r["qid"] for r in evaluation.rows]
+        need = features.estimated_bytes(store, sorted(vids), qids)
+        avail = features.available_memory_bytes()
+        if avail is not None and need > 0.7 * avail:
+            logging.warning(
+                "features need about %.1f GB but %.1f GB are available: not caching them "
+                "in memory (config.data.preload ignored)", need / 1e9, avail / 1e9,
+            )  # fmt: skip
+            store.preload = False
+            store._cache.clear()
+        else:
+            logging.info("caching about %.2f GB of features in memory", need / 1e9)
+    return train, evaluation

@@ -1,0 +1,295 @@
+"""Loading pre-extracted features: file layouts, checks, L2 norm, TEF and the memory cache.
+
+Layouts (``feature_root`` holds the folders named in the config):
+
+* video ``'npz'``: ``<dir>/<vid>.npz['features']`` ``[T, D]`` (QVHighlights / Charades
+  SlowFast, CLIP);
+* video ``'npy'``: ``<dir>/<vid>.npy`` ``[T, D]`` (Charades I3D, VGG);
+* video ``'rgb_opt'``: ``<dir>/<vid>_rgb.npy`` and ``<dir>/<vid>_opt.npy`` concatenated on
+  the feature axis **before** one L2 norm (TVSum I3D);
+* audio: ``<dir>/<vid>.npy`` ``[T, D]`` (PANN);
+* text ``'qid_npz'``: ``<dir>/qid<qid>.npz['last_hidden_state']`` ``[N, D]``, truncated to
+  ``max_q_l`` then normalised (CLIP; also GloVe vectors stored the same way);
+* text ``'tvsum_npz'``: ``<dir>/<qid>.npz['token']`` ``[N, D]``, used as stored.
+
+Every source is cut to ``max_v_l`` rows and L2-normalised on its own, ``x / (|x| + 1e-5)``;
+the sources are then cut to the shortest and concatenated in config order, and the TEF
+``[t / T, (t + 1) / T]`` is appended last (official ``start_end_dataset.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import zipfile
+
+import numpy as np
+
+from trdetr_jax.data.errors import DataError
+
+VIDEO_FORMATS = ("npz", "npy", "rgb_opt")
+TEXT_FORMATS = ("qid_npz", "tvsum_npz")
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    """Row-wise ``x / (||x|| + eps)`` in the array's dtype. ``x: [T, D]``."""
+    return x / (np.linalg.norm(x, axis=-1, keepdims=True) + eps)
+
+
+def temporal_endpoint_feature(ctx_l: int) -> np.ndarray:
+    """TEF ``[ctx_l, 2]`` float32: ``[t / ctx_l, (t + 1) / ctx_l]`` (float32 maths as official)."""
+    start = np.arange(ctx_l, dtype=np.float32) / np.float32(ctx_l)
+    end = start + np.float32(1.0 / ctx_l)
+    return np.stack([start, end], axis=1)
+
+
+def _read_array(path: str, key: str | None, what: str) -> np.ndarray:
+    """One array from ``.npy`` / ``.npz[key]``, float32, 2-d, finite; errors name the file."""
+    if not os.path.isfile(path):
+        raise DataError(f"{what}: feature file not found, tried {path}")
+    try:
+        if key is None:
+            arr = np.load(path)
+        else:
+            with np.load(path) as z:
+                if key not in z.files:
+                    raise DataError(f"{what}: {path} has no array {key!r} (has {z.files})")
+                arr = z[key]
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(f"{what}: cannot read {path}: {e}") from None
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[0] == 1:  # some extractors kept a batch axis
+        arr = arr[0]
+    if arr.ndim != 2:
+        raise DataError(f"{what}: {path} holds shape {arr.shape}, expected [length, dim]")
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise DataError(f"{what}: {path} contains NaN or Inf values")
+    if arr.shape[0] == 0:
+        raise DataError(f"{what}: {path} is empty (0 rows)")
+    return arr
+
+
+def _check_dim(arr: np.ndarray, expected: int, key: str, path: str) -> None:
+    if arr.shape[1] != expected:
+        raise DataError(
+            f"{path}: feature dimension {arr.shape[1]} disagrees with {key} = {expected}"
+        )
+
+
+class FeatureStore:
+    """Reads, checks and normalises features; optionally keeps the results in memory.
+
+    Args mirror ``config.data``. ``preload``: cache every processed array after its first
+    read (the caller may warm the cache up front with :meth:`warm`). ``on_long_video``:
+    'truncate' (cut to ``max_v_l``, one warning per store) or 'error'.
+    """
+
+    def __init__(
+        self,
+        *,
+        feature_root: str | None,
+        v_feat_dirs,
+        v_feat_dims,
+        v_feat_format: str,
+        t_feat_dir: str,
+        t_feat_dim: int,
+        t_feat_format: str,
+        a_feat_dir: str | None,
+        a_feat_dim: int | None,
+        max_v_l: int,
+        max_q_l: int,
+        truncate_text: bool,
+        normalize_video: bool,
+        normalize_text: bool,
+        use_tef: bool,
+        on_long_video: str,
+        preload: bool,
+    ):
+        if not feature_root:
+            raise DataError(
+                "config.data.feature_root is not set: pass --config.data.feature_root=DIR, the "
+                f"folder that holds {', '.join(list(v_feat_dirs) + [t_feat_dir])}"
+            )
+        if not os.path.isdir(feature_root):
+            raise DataError(f"config.data.feature_root = {feature_root} is not a directory")
+        if v_feat_format not in VIDEO_FORMATS:
+            raise DataError(f"config.data.v_feat_format must be one of {VIDEO_FORMATS}")
+        if t_feat_format not in TEXT_FORMATS:
+            raise DataError(f"config.data.t_feat_format must be one of {TEXT_FORMATS}")
+        if len(v_feat_dirs) != len(v_feat_dims):
+            raise DataError(
+                f"config.data.v_feat_dirs has {len(v_feat_dirs)} entries but "
+                f"config.data.v_feat_dims has {len(v_feat_dims)}"
+            )
+        if on_long_video not in ("truncate", "error"):
+            raise DataError("config.data.on_long_video must be 'truncate' or 'error'")
+        if a_feat_dir is not None and a_feat_dim is None:
+            raise DataError("config.data.a_feat_dir is set but config.data.a_feat_dim is not")
+        self.root = feature_root
+        self.v_feat_dirs = tuple(v_feat_dirs)
+        self.v_feat_dims = tuple(int(d) for d in v_feat_dims)
+        self.v_feat_format = v_feat_format
+        self.t_feat_dir, self.t_feat_dim, self.t_feat_format = t_feat_dir, t_feat_dim, t_feat_format
+        self.a_feat_dir, self.a_feat_dim = a_feat_dir, a_feat_dim
+        self.max_v_l, self.max_q_l = max_v_l, max_q_l
+        self.truncate_text = truncate_text
+        self.normalize_video, self.normalize_text = normalize_video, normalize_text
+        self.use_tef = use_tef
+        self.on_long_video = on_long_video
+        self.preload = preload
+        self._cache: dict = {}
+        self._lock = threading.Lock()
+        self._warned_long = False
+
+    # ------------------------------------------------------------------ public
+    def video(self, vid: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(video [T, Dv(+2)], audio [T, Da(+2)] or None)``, both cut to a common ``T``."""
+        return self._cached(("v", vid), lambda: self._load_video(vid))
+
+    def text(self, qid) -> np.ndarray:
+        """Query token features ``[N, Dt]``, ``1 <= N <= max_q_l``."""
+        return self._cached(("t", qid), lambda: self._load_text(qid))
+
+    def warm(self, vids, qids) -> None:
+        """Read everything now (used when ``preload`` is on and the data fits in memory)."""
+        for vid in vids:
+            self.video(vid)
+        for qid in qids:
+            self.text(qid)
+
+    # ----------------------------------------------------------------- private
+    def _cached(self, key, load):
+        if not self.preload:
+            return load()
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit is None:
+            hit = load()
+            with self._lock:
+                self._cache[key] = hit
+        return hit
+
+    def _path(self, folder: str, name: str) -> str:
+        return os.path.join(self.root, folder, name)
+
+    def _cut_long(self, arr: np.ndarray, vid: str, path: str) -> np.ndarray:
+        if arr.shape[0] <= self.max_v_l:
+            return arr
+        if self.on_long_video == "error":
+            raise DataError(
+                f"video {vid}: {path} has {arr.shape[0]} clips > config.data.max_v_l = "
+                f"{self.max_v_l} (set --config.data.on_long_video=truncate to cut it)"
+            )
+        if not self._warned_long:
+            self._warned_long = True
+            logging.warning(
+                "video %s: %s has %d clips > config.data.max_v_l = %d; cutting to max_v_l "
+                "as the official code does (this warning is shown once)",
+                vid, path, arr.shape[0], self.max_v_l,
+            )  # fmt: skip
+        return arr[: self.max_v_l]
+
+    def _load_video(self, vid: str):
+        what = f"video {vid}"
+        sources = []
+        for folder, dim in zip(self.v_feat_dirs, self.v_feat_dims):
+            key = f"config.data.v_feat_dims ({folder})"
+            if self.v_feat_format == "rgb_opt":
+                rgb_path = self._path(folder, f"{vid}_rgb.npy")
+                opt_path = self._path(folder, f"{vid}_opt.npy")
+                rgb = self._cut_long(_read_array(rgb_path, None, what), vid, rgb_path)
+                opt = self._cut_long(_read_array(opt_path, None, what), vid, opt_path)
+                n = min(len(rgb), len(opt))
+                arr = np.concatenate([rgb[:n], opt[:n]], axis=1)  # [T, D_rgb + D_opt]
+                _check_dim(arr, dim, key, f"{rgb_path} + {opt_path}")
+            else:
+                ext, npz_key = (
+                    (".npz", "features") if self.v_feat_format == "npz" else (".npy", None)
+                )
+                path = self._path(folder, vid + ext)
+                arr = _read_array(path, npz_key, what)
+                _check_dim(arr, dim, key, path)
+                arr = self._cut_long(arr, vid, path)
+            if self.normalize_video:
+                arr = l2_normalize(arr)
+            sources.append(arr)
+        audio = None
+        if self.a_feat_dir is not None:
+            path = self._path(self.a_feat_dir, f"{vid}.npy")
+            audio = _read_array(path, None, f"audio {vid}")
+            _check_dim(audio, self.a_feat_dim, "config.data.a_feat_dim", path)
+            audio = self._cut_long(audio, vid, path)
+            if self.normalize_video:
+                audio = l2_normalize(audio)
+        ctx_l = min(len(s) for s in sources)  # some sources are a row longer than others
+        if audio is not None:
+            ctx_l = min(ctx_l, len(audio))
+            audio = audio[:ctx_l]
+        video = np.concatenate([s[:ctx_l] for s in sources], axis=1)  # [T, sum(dims)]
+        if self.use_tef:
+            tef = temporal_endpoint_feature(ctx_l)
+            video = np.concatenate([video, tef], axis=1)  # [T, Dv + 2]
+            if audio is not None:
+                audio = np.concatenate([audio, tef], axis=1)  # [T, Da + 2]
+        return video, audio
+
+    def _load_text(self, qid) -> np.ndarray:
+        what = f"query {qid}"
+        if self.t_feat_format == "qid_npz":
+            path = self._path(self.t_feat_dir, f"qid{qid}.npz")
+            arr = _read_array(path, "last_hidden_state", what)
+        else:
+            path = self._path(self.t_feat_dir, f"{qid}.npz")
+            arr = _read_array(path, "token", what)
+        _check_dim(arr, self.t_feat_dim, "config.data.t_feat_dim", path)
+        if len(arr) > self.max_q_l:
+            if not self.truncate_text:
+                raise DataError(
+                    f"{what}: {path} has {len(arr)} tokens > config.data.max_q_l = "
+                    f"{self.max_q_l}; this dataset's text is not truncated (as in the official "
+                    "code), so raise --config.data.max_q_l"
+                )
+            arr = arr[: self.max_q_l]
+        if self.normalize_text:
+            arr = l2_normalize(arr)
+        return arr
+
+
+def input_dims(data_config) -> tuple[int, int, int | None]:
+    """Model input widths ``(video, text, audio or None)`` implied by ``config.data``.
+
+    Video is the sum of ``v_feat_dims`` plus 2 for the TEF; audio is ``a_feat_dim`` plus 2.
+    """
+    tef = 2 if data_config.use_tef else 0
+    v = int(sum(data_config.v_feat_dims)) + tef
+    a = None if data_config.a_feat_dir is None else int(data_config.a_feat_dim) + tef
+    return v, int(data_config.t_feat_dim), a
+
+
+def estimated_bytes(store: FeatureStore, vids, qids, sample: int = 8) -> int:
+    """Rough memory the processed features of ``vids`` / ``qids`` need (from a few files)."""
+    vids, qids = list(vids), list(qids)
+    if not vids:
+        return 0
+    probe_v = vids[:: max(1, len(vids) // sample)][:sample]
+    probe_q = qids[:: max(1, len(qids) // sample)][:sample]
+    v_bytes = np.mean([sum(a.nbytes for a in store.video(v) if a is not None) for v in probe_v])
+    t_bytes = np.mean([store.text(q).nbytes for q in probe_q]) if probe_q else 0.0
+    return int(v_bytes * len(vids) + t_bytes * len(qids))
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the OS reports available, or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
