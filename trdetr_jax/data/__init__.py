@@ -3,15 +3,16 @@
 Typical use (the trainer)::
 
     from trdetr_jax import data
-    config = data.resolve_config(config)            # demo: generate + fill paths
-    train_ds, eval_ds = data.build_datasets(config)  # validated annotations, shared cache
-    for batch, metas in data.prefetch(
-        data.train_batches(train_ds, config.train.batch_size, seed=config.seed, epoch=e,
-                           start_step=s),
-        put=put_on_devices, depth=config.data.prefetch_depth):
+    train_ds, eval_ds = data.build_datasets(config)  # demo generated; annotations validated
+    steps = train_ds.num_batches(config.train.batch_size)  # full batches per epoch
+    batches = train_ds.iter_batches(epoch=e, batch_size=B, train=True, start=s)
+    for batch, metas in data.prefetch(batches, put=put_on_devices, depth=2):
         ...
-    for batch, metas in data.eval_batches(eval_ds, config.train.eval_batch_size):
+    for batch, metas in eval_ds.iter_batches(epoch=0, batch_size=B, train=False):
         ...  # batch['example_mask'] is 0 on the rows that pad the last batch
+    gt = eval_ds.gt_rows()
+
+``data.resolve_config(config)`` gives the config with the demo's generated paths filled in.
 """
 
 from trdetr_jax.data.batching import (
@@ -26,6 +27,7 @@ from trdetr_jax.data.batching import (
 from trdetr_jax.data.dataset import (
     MomentDataset,
     build_datasets,
+    build_eval_dataset,
     make_dataset,
     make_store,
     resolve_config,
@@ -38,6 +40,7 @@ __all__ = [
     "DataError",
     "MomentDataset",
     "build_datasets",
+    "build_eval_dataset",
     "collate",
     "epoch_order",
     "eval_batches",

@@ -20,11 +20,14 @@ step sees the same batches.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from trdetr_jax.data.dataset import MomentDataset
 from trdetr_jax.data.errors import DataError
+
+if TYPE_CHECKING:
+    from trdetr_jax.data.dataset import MomentDataset
 
 Batch = tuple[dict[str, np.ndarray], list[dict]]
 

@@ -17,7 +17,7 @@ import numpy as np
 from ml_collections import config_dict
 
 from trdetr_jax.data import annotations as ann
-from trdetr_jax.data import features, targets
+from trdetr_jax.data import batching, features, targets
 from trdetr_jax.data.errors import DataError
 
 
@@ -35,6 +35,7 @@ class MomentDataset:
         max_q_l: int,
         max_windows: int,
         name: str = "",
+        seed: int = 0,
     ):
         self.rows = rows
         self.store = store
@@ -42,6 +43,7 @@ class MomentDataset:
         self.clip_length = float(clip_length)
         self.max_v_l, self.max_q_l, self.max_windows = max_v_l, max_q_l, max_windows
         self.name = name
+        self.seed = seed  # seeds shuffling and target sampling together with the epoch
         # Saliency pairs per example: [hard, easy] (QVH), two sampled (Charades), hard (TVSum).
         self.num_pairs = 1 if layout == "tvsum" else 2
         self.has_audio = store.a_feat_dir is not None
@@ -50,8 +52,46 @@ class MomentDataset:
         return len(self.rows)
 
     @property
+    def num_examples(self) -> int:
+        return len(self.rows)
+
+    @property
     def metas(self) -> list[dict]:
         return self.rows
+
+    def gt_rows(self) -> list[dict]:
+        """The annotation rows, as the evaluation metrics take them (ground truth)."""
+        return [dict(r) for r in self.rows]
+
+    def num_batches(self, batch_size: int, train: bool = True) -> int:
+        """Steps per training epoch (full batches), or evaluation batches (last one padded)."""
+        if train:
+            return batching.steps_per_epoch(len(self), batch_size)
+        return batching.num_eval_batches(len(self), batch_size)
+
+    def iter_batches(
+        self,
+        epoch: int,
+        batch_size: int,
+        train: bool,
+        start: int = 0,
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
+        """``(batch, metas)`` pairs: a training epoch from step ``start``, or the whole split
+        for evaluation (see :mod:`trdetr_jax.data.batching`)."""
+        shard = dict(process_index=process_index, process_count=process_count)
+        if train:
+            return batching.train_batches(
+                self, batch_size, seed=self.seed, epoch=epoch, start_step=start, **shard
+            )
+        if start:
+            raise ValueError("evaluation always starts at the first batch")
+        return batching.eval_batches(self, batch_size, seed=self.seed, **shard)
+
+    def example_batch(self, batch_size: int) -> dict[str, np.ndarray]:
+        """A batch with the shapes and dtypes every batch of this split has (for tracing)."""
+        return next(iter(batching.eval_batches(self, batch_size, seed=self.seed)))[0]
 
     def example(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Unpadded arrays of example ``index``; ``rng`` draws its random saliency pairs."""
@@ -136,7 +176,10 @@ def make_store(data: config_dict.ConfigDict) -> features.FeatureStore:
 
 
 def make_dataset(
-    data: config_dict.ConfigDict, split: str, store: features.FeatureStore | None = None
+    data: config_dict.ConfigDict,
+    split: str,
+    store: features.FeatureStore | None = None,
+    seed: int = 0,
 ) -> MomentDataset:
     """The ``'train'`` or ``'eval'`` split described by ``config.data`` (paths resolved)."""
     if split not in ("train", "eval"):
@@ -161,32 +204,47 @@ def make_dataset(
         max_q_l=data.max_q_l,
         max_windows=data.max_windows,
         name=split,
+        seed=seed,
     )
 
 
 def build_datasets(config: config_dict.ConfigDict) -> tuple[MomentDataset, MomentDataset]:
     """``(train, eval)`` datasets sharing one feature store (one memory cache).
 
-    ``config`` must already be resolved (:func:`resolve_config`). With
-    ``config.data.preload`` the processed features stay in memory after their first read,
-    unless a probe of a few files says they would not fit (then they are read every time).
+    The config is resolved first (:func:`resolve_config`: the demo is generated on first
+    use). With ``config.data.preload`` the processed features stay in memory after their
+    first read, unless a probe of a few files says they would not fit (then they are read
+    every time).
     """
-    data = config.data
+    data = resolve_config(config).data
     store = make_store(data)
-    train = make_dataset(data, "train", store)
-    evaluation = make_dataset(data, "eval", store)
-    if data.preload:
-        vids = {r["vid"] for r in train.rows} | {r["vid"] for r in evaluation.rows}
-        qids = [r["qid"] for r in train.rows] + [r["qid"] for r in evaluation.rows]
-        need = features.estimated_bytes(store, sorted(vids), qids)
+    train = make_dataset(data, "train", store, seed=config.seed)
+    evaluation = make_dataset(data, "eval", store, seed=config.seed)
+    _check_memory(store, train.rows + evaluation.rows)
+    return train, evaluation
+
+
+def build_eval_dataset(config: config_dict.ConfigDict) -> MomentDataset:
+    """The evaluation split alone (prediction with a trained model)."""
+    data = resolve_config(config).data
+    store = make_store(data)
+    evaluation = make_dataset(data, "eval", store, seed=config.seed)
+    _check_memory(store, evaluation.rows)
+    return evaluation
+
+
+def _check_memory(store: features.FeatureStore, rows: list[dict]) -> None:
+    """Turn the memory cache off when the features would not fit (probe of a few files)."""
+    if store.preload:
+        vids = sorted({r["vid"] for r in rows})
+        qids = [r["qid"] for r in rows]
+        need = features.estimated_bytes(store, vids, qids)
         avail = features.available_memory_bytes()
         if avail is not None and need > 0.7 * avail:
             logging.warning(
                 "features need about %.1f GB but %.1f GB are available: not caching them "
                 "in memory (config.data.preload ignored)", need / 1e9, avail / 1e9,
             )  # fmt: skip
-            store.preload = False
-            store._cache.clear()
+            store.disable_cache()
         else:
             logging.info("caching about %.2f GB of features in memory", need / 1e9)
-    return train, evaluation

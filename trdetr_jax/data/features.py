@@ -152,6 +152,12 @@ class FeatureStore:
         """Query token features ``[N, Dt]``, ``1 <= N <= max_q_l``."""
         return self._cached(("t", qid), lambda: self._load_text(qid))
 
+    def disable_cache(self) -> None:
+        """Stop caching and free what is cached (the features do not fit in memory)."""
+        with self._lock:
+            self.preload = False
+            self._cache.clear()
+
     def warm(self, vids, qids) -> None:
         """Read everything now (used when ``preload`` is on and the data fits in memory)."""
         for vid in vids:
