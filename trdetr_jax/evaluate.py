@@ -1,0 +1,180 @@
+"""Score a prediction file (or a checkpoint) with the official metrics.
+
+    python -m trdetr_jax.evaluate --submission PRED.jsonl --gt GT.jsonl [--out METRICS.json]
+        [--dataset qvhighlights|charades|tvsum] [--strict] [--allow-missing]
+    python -m trdetr_jax.evaluate --checkpoint DIR --gt GT.jsonl [--feature-root DIR]
+        [--override key=value ...] [--save-submission PRED.jsonl] [--out METRICS.json]
+
+`--gt` takes a path, or DATASET:SPLIT for an annotation file shipped with the package
+(e.g. ``qvhighlights:val``, ``qvhighlights:test``, ``charades:test``, ``tvsum:val``).
+Prints the brief table; `--out` receives the full nested metrics in the official JSON
+layout (written atomically). Problems with the inputs end the run with a one-line message
+and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import warnings
+
+from trdetr_jax import annotations
+from trdetr_jax.evaluation import (
+    DATASETS,
+    EvalInputError,
+    JsonlFile,
+    OddPredictionWarning,
+    dumps_metrics,
+    evaluate_submission,
+    read_jsonl,
+    write_text_atomic,
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m trdetr_jax.evaluate",
+        description="Moment retrieval / highlight detection metrics, as the official "
+        "QVHighlights evaluation computes them (also Charades-STA and TVSum).",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--submission", help="predictions, one JSON object per line")
+    src.add_argument("--checkpoint", help="run this checkpoint on the --gt queries first")
+    p.add_argument("--gt", required=True, help="ground-truth .jsonl, or DATASET:SPLIT")
+    p.add_argument("--out", help="write the full nested metrics (JSON) here")
+    p.add_argument("--dataset", choices=DATASETS, help="default: detected from the ground truth")
+    p.add_argument(
+        "--strict", action="store_true", help="reject odd predictions instead of warning"
+    )
+    p.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="evaluate only qids present in both files (official match_number=False)",
+    )
+    p.add_argument(
+        "--tvsum-videos-per-batch",
+        type=int,
+        metavar="N",
+        help="TVSum: reproduce the official bug that scores only the last video of each "
+        "batch of N (default: every video counts)",
+    )
+    p.add_argument("--feature-root", help="with --checkpoint: folder of the feature files")
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --checkpoint: config override (repeatable)",
+    )
+    p.add_argument("--save-submission", help="with --checkpoint: also write the predictions")
+    p.add_argument(
+        "--traceback", action="store_true", help="show the traceback of unexpected errors"
+    )
+    return p
+
+
+def resolve_gt(spec: str) -> pathlib.Path:
+    """A path, or DATASET:SPLIT naming a shipped annotation file."""
+    path = pathlib.Path(spec)
+    if path.exists() or ":" not in spec:
+        return path
+    dataset, split = spec.split(":", 1)
+    try:
+        return annotations.path(dataset, split)
+    except (ValueError, FileNotFoundError) as e:
+        raise EvalInputError(f"--gt {spec}: {e}") from None
+
+
+def _predict(args, gt_path: pathlib.Path) -> list[dict]:
+    try:
+        from trdetr_jax.predict import predict_rows
+    except ModuleNotFoundError as e:
+        if e.name != "trdetr_jax.predict":
+            raise
+        raise EvalInputError(
+            "--checkpoint needs trdetr_jax.predict.predict_rows, which this installation "
+            "does not provide yet; write predictions to a file and use --submission"
+        ) from None
+    return predict_rows(
+        args.checkpoint,
+        str(gt_path),
+        feature_root=args.feature_root,
+        overrides=tuple(args.override),
+    )
+
+
+def _format(value) -> str:
+    return "null" if value is None else f"{value}"
+
+
+def print_brief(metrics: dict, dataset: str, n_queries: int, file=sys.stdout) -> None:
+    print(f"{dataset}: {n_queries} ground-truth queries", file=file)
+    rows = list(metrics["brief"].items())
+    if "per_domain_mAP" in metrics:
+        rows += [(f"mAP[{d}]", v) for d, v in metrics["per_domain_mAP"].items()]
+    width = max(len(k) for k, _ in rows) if rows else 0
+    for key, value in rows:
+        print(f"  {key:<{width}}  {_format(value)}", file=file)
+
+
+def run(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    if args.checkpoint is None and (args.feature_root or args.override or args.save_submission):
+        print(
+            "error: --feature-root, --override and --save-submission go with --checkpoint",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        gt_path = resolve_gt(args.gt)
+        gt = read_jsonl(gt_path, what="ground-truth file")
+        if args.checkpoint is not None:
+            rows = JsonlFile.from_rows(
+                _predict(args, gt_path), f"<predictions of {args.checkpoint}>"
+            )
+            if args.save_submission:
+                text = "".join(json.dumps(r) + "\n" for r in rows.rows)
+                write_text_atomic(args.save_submission, text)
+        else:
+            rows = read_jsonl(args.submission, what="submission file")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", OddPredictionWarning)
+            metrics = evaluate_submission(
+                rows,
+                gt,
+                args.dataset,
+                strict=args.strict,
+                allow_missing=args.allow_missing,
+                tvsum_videos_per_batch=args.tvsum_videos_per_batch,
+            )
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
+        dataset = args.dataset or _detected(gt)
+        print_brief(metrics, dataset, len(gt))
+        if args.out:
+            write_text_atomic(args.out, dumps_metrics(metrics))
+            print(f"metrics written to {args.out}")
+    except EvalInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # a bug, or a failure inside --checkpoint prediction
+        if args.traceback:
+            raise
+        print(
+            f"error: unexpected {type(e).__name__}: {e} (rerun with --traceback for details)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _detected(gt: JsonlFile) -> str:
+    from trdetr_jax.evaluation import detect_dataset
+
+    return detect_dataset(gt)
+
+
+if __name__ == "__main__":
+    sys.exit(run())

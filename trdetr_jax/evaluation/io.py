@@ -1,0 +1,127 @@
+"""Reading JSON-lines files with errors a user can act on, and writing metrics atomically."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import tempfile
+
+from trdetr_jax.evaluation.errors import EvalInputError
+
+
+@dataclasses.dataclass
+class JsonlFile:
+    """Rows of a JSON-lines file, each with the 1-based line it came from.
+
+    `source` is the name used in messages (the path as given, or e.g. ``<submission>`` for
+    rows built in memory).
+    """
+
+    source: str
+    rows: list[dict]
+    lines: list[int]
+
+    @classmethod
+    def from_rows(cls, rows, source: str) -> JsonlFile:
+        """Wrap in-memory rows (e.g. from post-processing); line numbers are 1-based indices."""
+        rows = list(rows)
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise EvalInputError(
+                    f"{source}:{i + 1}: expected a JSON object (dict), got {type(row).__name__}"
+                )
+        return cls(source, rows, list(range(1, len(rows) + 1)))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"non-finite number {name} is not allowed")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text} overflows a double")
+    return value
+
+
+def read_jsonl(path, *, what: str = "file") -> JsonlFile:
+    """Read one JSON object per line; blank lines are skipped.
+
+    Raises EvalInputError naming the file and line for an unreadable file, invalid JSON,
+    a line that is not an object, or a non-finite number (NaN, Infinity, 1e999).
+    """
+    source = str(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text_lines = f.readlines()
+    except FileNotFoundError:
+        raise EvalInputError(f"{what} not found: {source}") from None
+    except IsADirectoryError:
+        raise EvalInputError(f"{what} is a directory, expected a .jsonl file: {source}") from None
+    except UnicodeDecodeError as e:
+        raise EvalInputError(f"{source}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise EvalInputError(f"cannot read {what} {source}: {e.strerror}") from None
+
+    rows, lines = [], []
+    for i, text in enumerate(text_lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        except json.JSONDecodeError as e:
+            raise EvalInputError(
+                f"{source}:{i}: malformed JSON ({e.msg} at column {e.colno})"
+            ) from None
+        except ValueError as e:
+            raise EvalInputError(f"{source}:{i}: {e}") from None
+        except RecursionError:
+            raise EvalInputError(f"{source}:{i}: JSON nested too deeply") from None
+        if not isinstance(obj, dict):
+            raise EvalInputError(
+                f"{source}:{i}: expected one JSON object per line, got a JSON {_json_type(obj)}"
+            )
+        rows.append(obj)
+        lines.append(i)
+    if not rows:
+        raise EvalInputError(f"{what} {source} contains no JSON lines")
+    return JsonlFile(source, rows, lines)
+
+
+def _json_type(obj) -> str:
+    return {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}.get(
+        type(obj), "null" if obj is None else type(obj).__name__
+    )
+
+
+def dumps_metrics(metrics: dict) -> str:
+    """The layout the official CLI writes: ``json.dumps(..., indent=4)``, no trailing newline."""
+    return json.dumps(metrics, indent=4)
+
+
+def write_text_atomic(path, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same folder and a rename, so a
+    reader never sees a half-written file."""
+    path = pathlib.Path(path)
+    folder = path.parent if str(path.parent) else pathlib.Path(".")
+    if not folder.is_dir():
+        raise EvalInputError(f"output folder does not exist: {folder}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
