@@ -353,6 +353,24 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], Any
     return {k: _as_numpy(v) for k, v in sd.items()}, opt
 
 
+def model_kwargs_from_options(
+    opt: Mapping[str, Any] | argparse.Namespace, *, float64: bool = False
+):
+    """``TRDETR`` kwargs for a model built with these official options.
+
+    ``float64``: compute and params in float64 (needs ``jax_enable_x64``), for parity with a
+    float64 official run.
+    """
+    import jax.numpy as jnp
+
+    from trdetr_jax.model import model_kwargs_from_config
+
+    kwargs = model_kwargs_from_config(options_to_config(opt))
+    if float64:
+        kwargs.update(dtype=jnp.float64, param_dtype=jnp.float64)
+    return kwargs
+
+
 # ---------------------------------------------------------------------------- options -> config
 _SOURCE_DIMS = (("slowfast", 2304), ("clip", 512), ("i3d", 1024), ("vgg", 4096))
 

@@ -17,7 +17,13 @@ import numpy as np
 
 from trdetr_jax.model.trdetr import COMPAT_MODES, TRDETR
 
-__all__ = ["TRDETR", "COMPAT_MODES", "model_kwargs_from_config", "collect_intermediates"]
+__all__ = [
+    "TRDETR",
+    "COMPAT_MODES",
+    "model_kwargs_from_config",
+    "collect_intermediates",
+    "flatten_outputs",
+]
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 
@@ -67,4 +73,14 @@ def collect_intermediates(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
                 walk(value)
 
     walk(tree)
+    return flat
+
+
+def flatten_outputs(outputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Model outputs as a flat dict of numpy arrays, ``aux_outputs[i][k]`` as ``aux_{i}_{k}``
+    (the reference fixtures' ``outputs.npz`` naming)."""
+    flat = {k: np.asarray(v) for k, v in outputs.items() if k != "aux_outputs"}
+    for i, aux in enumerate(outputs.get("aux_outputs", ())):
+        for k, v in aux.items():
+            flat[f"aux_{i}_{k}"] = np.asarray(v)
     return flat
