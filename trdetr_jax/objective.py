@@ -1,0 +1,92 @@
+"""The training objective: forward pass, Hungarian matching and all losses.
+
+One pure function, :func:`loss_fn`, used by the train step and by the parity tool, so the
+number a parity run checks is the number training optimises. It is safe under
+``jax.jit``, ``jax.grad`` and data-parallel sharding (the matcher's host callback takes
+``stop_gradient``ed inputs and runs per batch shard when a mesh is given or set).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from trdetr_jax import losses, matcher
+
+# Inputs of the model's forward pass; every other batch key is a target.
+MODEL_INPUT_KEYS = ("src_txt", "src_txt_mask", "src_vid", "src_vid_mask", "src_aud")
+OFFICIAL_LOSSES = losses.LossConfig()
+
+
+def match_outputs(
+    outputs: Mapping[str, Any],
+    batch: Mapping[str, jnp.ndarray],
+    loss_cfg: losses.LossConfig,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+) -> dict[str, matcher.Match]:
+    """Matches of the last and every auxiliary decoder layer, one host callback in all.
+
+    Returns ``{'final': (pred_idx, tgt_idx, valid), 'aux_0': ..., ...}``, each ``[B, W]``.
+    """
+    aux = tuple(outputs.get("aux_outputs", ())) if loss_cfg.aux_loss else ()
+    layers = [(outputs["pred_logits"], outputs["pred_spans"])]
+    layers += [(a["pred_logits"], a["pred_spans"]) for a in aux]
+    found = matcher.match_layers(
+        layers,
+        batch["span_labels"],
+        batch["span_mask"],
+        cost_span=loss_cfg.set_cost_span,
+        cost_giou=loss_cfg.set_cost_giou,
+        cost_class=loss_cfg.set_cost_class,
+        mesh=mesh,
+    )
+    matches = {"final": found[0]}
+    matches.update({f"aux_{i}": m for i, m in enumerate(found[1:])})
+    return matches
+
+
+def loss_fn(
+    params: Any,
+    model,
+    batch: Mapping[str, jnp.ndarray],
+    *,
+    train: bool,
+    dropout_rng: jax.Array | None = None,
+    loss_cfg: losses.LossConfig = OFFICIAL_LOSSES,
+    mesh: jax.sharding.Mesh | None = None,
+) -> tuple[jnp.ndarray, tuple[dict[str, jnp.ndarray], dict[str, Any]]]:
+    """Total loss of ``model`` with ``params`` on ``batch``.
+
+    Args:
+      params: the model's ``params`` collection.
+      model: a ``TRDETR`` instance.
+      batch: model inputs (``src_txt``, ``src_txt_mask``, ``src_vid``, ``src_vid_mask``,
+        optional ``src_aud``) and targets (see :func:`trdetr_jax.losses.compute_losses`;
+        ``span_mask [B, W]`` marks real windows).
+      train: dropout on (needs ``dropout_rng``) or off.
+      loss_cfg: loss weights (:meth:`LossConfig.from_config`).
+      mesh: data-parallel mesh with a ``'data'`` axis over which the batch is sharded, so
+        the matcher runs per shard; defaults to the mesh of a ``jax.set_mesh`` context.
+
+    Returns:
+      ``(total_loss, (loss_dict, outputs))``; ``outputs`` are the model outputs plus
+      ``'matches'`` (None without matching).
+    """
+    inputs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
+    rngs = {"dropout": dropout_rng} if train and dropout_rng is not None else {}
+    outputs = dict(model.apply({"params": params}, **inputs, train=train, rngs=rngs))
+    matches = match_outputs(outputs, batch, loss_cfg, mesh=mesh) if loss_cfg.use_matcher else None
+    total, loss_dict = losses.compute_losses(outputs, batch, matches, loss_cfg)
+    outputs["matches"] = matches
+    return total, (loss_dict, outputs)
+
+
+def make_loss_fn(config, *, mesh: jax.sharding.Mesh | None = None) -> Callable[..., Any]:
+    """:func:`loss_fn` with the config's loss weights bound:
+    ``f(params, model, batch, *, train, dropout_rng=None)``."""
+    return functools.partial(loss_fn, loss_cfg=losses.LossConfig.from_config(config), mesh=mesh)
