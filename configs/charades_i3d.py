@@ -3,15 +3,19 @@
 Options: ``:tiny``.
 """
 
-from trdetr_jax.config import annotation_path, apply_tiny, get_base_config, parse_arg
+from trdetr_jax import annotations
+from trdetr_jax.config import apply_tiny, get_base_config, parse_arg
 
 
 def get_config(arg=None):
     config = get_base_config()
     # The official code has no Charades path (see trdetr_jax/data/targets.py for the labels).
     config.data.dataset = "charades"  # windows only; relevant clips / 0-1 saliency from the window
-    config.data.train_path = annotation_path("charades", "charades_sta_train_tvr_format.jsonl")
-    config.data.eval_path = annotation_path("charades", "charades_sta_val_tvr_format.jsonl")
+    config.data.train_path = str(annotations.path("charades", "train"))
+    config.data.eval_path = str(annotations.path("charades", "test"))
+    config.data.eval_split_name = (
+        "test"  # the shipped Charades-STA evaluation file is the test split
+    )
     config.train.num_epochs = 100  # paper's Charades schedule
     config.train.batch_size = 8  # paper's Charades batch
     config.optim.lr = 1e-4  # paper's Charades learning rate

@@ -12,7 +12,8 @@ from trdetr_jax.config import apply_tiny, get_base_config, parse_arg
 
 def get_config(arg=None):
     config = get_base_config()
-    config.data.dataset = "demo"  # QVHighlights layout, generated on first use
+    config.data.dataset = "qvhighlights"  # the demo is written in the QVHighlights layout
+    config.data.demo.enabled = True  # generate it on first use (knobs: config.data.demo)
     config.data.feature_root = config_dict.placeholder(str)  # None: the generated folder
     config.data.train_path = config_dict.placeholder(str)  # None: <demo>/train.jsonl
     config.data.eval_path = config_dict.placeholder(str)  # None: <demo>/val.jsonl

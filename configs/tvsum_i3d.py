@@ -8,15 +8,16 @@ before one L2 norm), ``query_features/<vid>.npz['token']`` (not normalised, not 
 Options: ``:tiny``, ``:domain=BK``.
 """
 
-from trdetr_jax.config import annotation_path, apply_tiny, get_base_config, parse_arg
+from trdetr_jax import annotations
+from trdetr_jax.config import apply_tiny, get_base_config, parse_arg
 
 
 def get_config(arg=None):
     config = get_base_config()
     opts = parse_arg(arg)
     config.data.dataset = "tvsum"  # label (clips x 20 annotators) layout, one domain per model
-    config.data.train_path = annotation_path("tvsum", "tvsum_train.jsonl")
-    config.data.eval_path = annotation_path("tvsum", "tvsum_val.jsonl")
+    config.data.train_path = str(annotations.path("tvsum", "train"))
+    config.data.eval_path = str(annotations.path("tvsum", "val"))
     config.data.domain = opts.get("domain") or None  # else --config.data.domain (required)
     config.data.v_feat_dirs = ("video_features",)  # one folder holding rgb and flow
     config.data.v_feat_dims = (2048,)  # rgb 1024 + flow 1024

@@ -9,8 +9,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from trdetr_jax import data
-from trdetr_jax.config import ANNOTATIONS_DIR
+from trdetr_jax import annotations, data
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if not p.stem.startswith("_"))
@@ -63,9 +62,10 @@ def test_config_loads_with_required_keys(name, arg):
 @pytest.mark.parametrize("name", [n for n in CONFIGS if n != "demo"])
 def test_default_annotation_paths_are_packaged(name):
     config = load(name)
+    assert not config.data.demo.enabled
     for key in ("train_path", "eval_path"):
         path = pathlib.Path(config.data[key])
-        assert path.parent.parent == ANNOTATIONS_DIR
+        assert path.parent.parent == annotations.ROOT
         assert path.is_file(), f"{name}: {key} {path} is not shipped in the package"
     assert config.data.feature_root is None  # the user says where the features are
 
@@ -106,7 +106,7 @@ def test_charades_max_v_l_covers_the_longest_video():
 
 def test_demo_config_is_small_and_follows_the_generator():
     c = load("demo")
-    assert c.data.dataset == "demo" and c.model.hidden_dim == 256
+    assert c.data.dataset == "qvhighlights" and c.data.demo.enabled and c.model.hidden_dim == 256
     assert (c.model.enc_layers, c.model.dec_layers, c.model.dim_feedforward) == (1, 1, 256)
     assert c.data.max_v_l >= c.data.demo.max_clips and c.data.max_q_l >= c.data.demo.max_query_len
     c.data.demo.v_dims = (8, 8)

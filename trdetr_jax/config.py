@@ -8,17 +8,9 @@ official QVHighlights schedule.
 
 from __future__ import annotations
 
-import pathlib
-
 from ml_collections import config_dict
 
-# Annotation files shipped inside the package: annotations/<dataset>/<file>.jsonl.
-ANNOTATIONS_DIR = pathlib.Path(__file__).resolve().parent / "annotations"
-
-
-def annotation_path(dataset: str, filename: str) -> str:
-    """Path of an annotation file shipped with the package (exists once installed)."""
-    return str(ANNOTATIONS_DIR / dataset / filename)
+from trdetr_jax import annotations
 
 
 def get_base_config() -> config_dict.ConfigDict:
@@ -29,13 +21,13 @@ def get_base_config() -> config_dict.ConfigDict:
 
     # ------------------------------------------------------------------ data
     data = config_dict.ConfigDict()
-    # Which on-disk layout to read: 'qvhighlights' | 'charades' | 'tvsum' | 'demo'.
+    # Which on-disk layout to read: 'qvhighlights' | 'charades' | 'tvsum' (the demo is 'qvhighlights').
     data.dataset = "qvhighlights"
     # Root folder holding the feature sub-folders named below.
     data.feature_root = config_dict.placeholder(str)
     # Training / evaluation annotation files (jsonl, official format).
-    data.train_path = annotation_path("qvhighlights", "highlight_train_release.jsonl")
-    data.eval_path = annotation_path("qvhighlights", "highlight_val_release.jsonl")
+    data.train_path = str(annotations.path("qvhighlights", "train"))
+    data.eval_path = str(annotations.path("qvhighlights", "val"))
     # Name of the evaluation split (used in output file names).
     data.eval_split_name = "val"
     # Video feature sub-folders of feature_root, concatenated in this order.
@@ -77,8 +69,9 @@ def get_base_config() -> config_dict.ConfigDict:
     data.cache_dir = config_dict.placeholder(str)
     # Batches loaded ahead of the train step by the prefetch thread.
     data.prefetch_depth = 2
-    # Knobs of the built-in demo dataset generator (used when dataset == 'demo').
+    # The built-in demo dataset generator and its knobs.
     data.demo = config_dict.ConfigDict()
+    data.demo.enabled = False  # generate the demo on first use and read it (configs/demo.py)
     data.demo.seed = 0  # generator seed (independent of config.seed)
     data.demo.n_train = 400  # training queries (two per video)
     data.demo.n_val = 100  # validation queries

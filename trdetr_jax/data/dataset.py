@@ -139,7 +139,7 @@ def resolve_config(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
     """
     config = copy.deepcopy(config)
     data = config.data
-    if data.dataset == "demo":
+    if data.demo.enabled:
         from trdetr_jax.data import demo  # noqa: PLC0415 (only the demo needs it)
 
         root = demo.ensure_demo_dataset(data.demo, data.cache_dir)
