@@ -1,0 +1,61 @@
+r"""Trains and evaluates TR-DETR.
+
+Kept short on purpose (as the flax examples' ``main.py``): flags, logging, one call into
+:func:`trdetr_jax.train.train_and_evaluate`.
+
+    python -m trdetr_jax.main                                   # built-in demo dataset
+    python -m trdetr_jax.main --config=configs/charades_i3d.py \
+        --config.data.feature_root=/data/charades --workdir=workdir/charades_i3d
+
+``--config`` defaults to ``configs/demo.py`` of this source tree (found relative to the
+package, so the default works from any current directory); ``--workdir`` defaults to
+``workdir/<config file name>`` in the current directory. Rerunning the same command with the
+same ``--workdir`` resumes the run.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = _REPO_ROOT / "configs" / "demo.py"
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config",
+    str(DEFAULT_CONFIG),
+    "Training configuration file (a configs/*.py); override fields with --config.a.b=value.",
+    lock_config=True,
+)
+flags.DEFINE_string(
+    "workdir", None, "Run directory (checkpoints, logs, predictions). Default: workdir/<config>."
+)
+
+
+def default_workdir(config_path: str) -> str:
+    name = pathlib.Path(config_path.split(":", 1)[0]).stem
+    return str(pathlib.Path("workdir") / name)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.INFO)
+    # Orbax and absl log a line per checkpoint operation at INFO; keep the console readable.
+    logging.get_absl_handler().python_handler.stream = sys.stderr
+    from trdetr_jax import train
+
+    workdir = FLAGS.workdir or default_workdir(FLAGS["config"].config_filename)
+    try:
+        train.train_and_evaluate(FLAGS.config, workdir)
+    except train.NonFiniteLossError as e:
+        logging.error("%s", e)
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    app.run(main)

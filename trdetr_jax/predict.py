@@ -1,0 +1,156 @@
+"""Predictions from a trained (or converted) checkpoint, as official submission rows.
+
+A checkpoint directory is either
+
+- a training ``--workdir``: ``config.json`` + ``checkpoints/`` (the run's Orbax
+  ``CheckpointManager``); the best evaluated step is used, or the latest one if the run
+  never evaluated;
+- a converted official checkpoint (``python -m trdetr_jax.convert``): ``config.json`` +
+  ``params/`` (an Orbax ``StandardSave`` of the parameter tree).
+
+``python -m trdetr_jax.evaluate --checkpoint DIR --gt GT.jsonl`` calls :func:`predict_rows`.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from trdetr_jax import checkpointing, train
+
+PARAMS_SUBDIR = "params"
+
+
+def _tuples(obj: Any) -> Any:
+    """JSON lists back to tuples (configs hold tuples: feature dirs, dims)."""
+    if isinstance(obj, dict):
+        return {k: _tuples(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return tuple(_tuples(v) for v in obj)
+    return obj
+
+
+def load_config(checkpoint_dir: str | pathlib.Path) -> ml_collections.ConfigDict:
+    path = pathlib.Path(checkpoint_dir) / checkpointing.CONFIG_FILE
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found: a checkpoint directory needs the config.json the training run "
+            "(or trdetr_jax.convert) wrote beside its checkpoints"
+        )
+    return ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
+    """Applies ``'a.b.c=value'`` strings (value parsed as a Python literal, else a string)."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        *parents, leaf = key.strip().split(".")
+        node = config
+        for name in parents:
+            if name not in node:
+                raise KeyError(f"override {item!r}: no config field {key!r}")
+            node = node[name]
+        if leaf not in node:
+            raise KeyError(f"override {item!r}: no config field {key!r}")
+        node[leaf] = value
+
+
+def restore_params(
+    checkpoint_dir: str | pathlib.Path, abstract_state: Any
+) -> tuple[Any, dict[str, Any]]:
+    """Parameters of the best (else latest) checkpoint of a workdir, or of a converted dir.
+
+    Returns (params, info) where info names the step it came from.
+    """
+    checkpoint_dir = pathlib.Path(checkpoint_dir)
+    run_dir = checkpoint_dir / checkpointing.CHECKPOINT_SUBDIR
+    if run_dir.is_dir():
+        ckpt = checkpointing.RunCheckpoints(run_dir, read_only=True)
+        step = ckpt.best_step()
+        which = "best"
+        if step is None:
+            step, which = ckpt.latest_step(), "latest"
+        if step is None:
+            raise FileNotFoundError(f"no complete checkpoint in {run_dir}")
+        state, _ = ckpt.restore(step, abstract_state)
+        ckpt.close()
+        return state.params, {"source": str(run_dir), "step": step, "which": which}
+    params_dir = checkpoint_dir / PARAMS_SUBDIR
+    if params_dir.is_dir():
+        with ocp.StandardCheckpointer() as ckptr:
+            params = ckptr.restore(params_dir.resolve(), abstract_state.params)
+        return params, {"source": str(params_dir), "step": None, "which": "converted"}
+    raise FileNotFoundError(
+        f"{checkpoint_dir} holds neither {checkpointing.CHECKPOINT_SUBDIR}/ (a training "
+        f"workdir) nor {PARAMS_SUBDIR}/ (a converted checkpoint)"
+    )
+
+
+def predict_rows(
+    checkpoint_dir: str | pathlib.Path,
+    gt_path: str | pathlib.Path,
+    *,
+    feature_root: str | None = None,
+    overrides: Sequence[str] = (),
+) -> list[dict[str, Any]]:
+    """Submission rows (official format) for every query of ``gt_path``.
+
+    ``feature_root`` and ``overrides`` (``'data.max_v_l=100'`` ...) adjust the saved config,
+    e.g. when the features live elsewhere on this machine.
+    """
+    from trdetr_jax import data as data_lib
+    from trdetr_jax.model import TRDETR, model_kwargs_from_config
+
+    config = load_config(checkpoint_dir)
+    config.data.eval_path = str(gt_path)
+    if feature_root is not None:
+        config.data.feature_root = str(feature_root)
+    apply_overrides(config, overrides)
+    config = data_lib.resolve_config(config)
+
+    eval_ds = data_lib.build_eval_dataset(config)
+    mesh = train.make_mesh()
+    n_dev = mesh.devices.size
+    batch_size = -(-config.train.eval_batch_size // n_dev) * n_dev
+    model = TRDETR(**model_kwargs_from_config(config))
+    # The optimiser only shapes the restore target (a workdir checkpoint stores it too).
+    steps = train.build_steps(
+        mesh,
+        model,
+        train.make_optimizer(config, steps_per_epoch=1),
+        loss_fn=None,
+        schedule=None,
+        batch_shapes=train.abstract_batch(eval_ds, batch_size),
+    )
+    params, _ = restore_params(checkpoint_dir, steps.abstract_state)
+    return train.predict_split(steps.eval, steps.data, params, eval_ds, config, batch_size)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m trdetr_jax.predict DIR GT.jsonl OUT.jsonl [key=value ...]``."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) < 3:
+        raise SystemExit(main.__doc__)
+    rows = predict_rows(args[0], args[1], overrides=args[3:])
+    train.write_jsonl_atomic(pathlib.Path(args[2]), rows)
+    print(f"wrote {len(rows)} rows to {args[2]}")
+
+
+if __name__ == "__main__":
+    jax.config.parse_flags_with_absl()
+    main()

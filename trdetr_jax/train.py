@@ -1,0 +1,818 @@
+"""Training and evaluation loop for TR-DETR.
+
+Layout follows the flax examples (lm1b / imagenet): :func:`create_train_state`,
+:func:`train_step`, :func:`eval_step` and :func:`train_and_evaluate`.
+
+Parallelism: one ``jax.jit`` per step function over a ``('data',)`` mesh of every device
+(``jax.make_mesh``); parameters and optimiser state are replicated, batches are sharded on
+their leading axis, so the *global* batch ``config.train.batch_size`` is split across devices
+and the loss is the loss of the global batch whatever the device count. On several hosts each
+process feeds its rows of the global batch through ``jax.make_array_from_process_local_data``.
+
+Determinism and resumption: data order and saliency-pair sampling are seeded by
+(seed, epoch) in the data pipeline, dropout keys are ``fold_in(key(seed), step)``, and the
+checkpoint records how many batches of the current epoch are done, so a resumed run replays
+exactly the batches and random numbers an uninterrupted run would have used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import struct
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from trdetr_jax import checkpointing
+
+Batch = dict[str, np.ndarray]
+
+# Inputs of the model's forward pass; every other batch key is a training target.
+MODEL_INPUT_KEYS = ("src_txt", "src_txt_mask", "src_vid", "src_vid_mask", "src_aud")
+# Model outputs the evaluation needs on the host.
+EVAL_OUTPUT_KEYS = ("pred_logits", "pred_spans", "saliency_scores", "video_mask")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when the training loss becomes NaN or Inf."""
+
+
+# ----------------------------------------------------------------------------- state
+
+
+class TrainState(struct.PyTreeNode):
+    """Everything the jitted train step updates; saved as one Orbax ``state`` item."""
+
+    step: jax.Array  # int32 scalar: optimiser updates done
+    params: Any
+    opt_state: Any
+    tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+    def apply_gradients(self, grads: Any) -> TrainState:
+        updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+        params = optax.apply_updates(self.params, updates)
+        return self.replace(step=self.step + 1, params=params, opt_state=opt_state)
+
+
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The forward-pass arguments of ``TRDETR.apply`` found in ``batch``."""
+    return {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
+
+
+def init_params(model, batch: dict[str, Any], rng: jax.Array) -> Any:
+    """Initialises parameters from a (possibly abstract) example batch."""
+    params_rng, dropout_rng = jax.random.split(rng)
+    variables = model.init(
+        {"params": params_rng, "dropout": dropout_rng}, **model_inputs(batch), train=False
+    )
+    return variables["params"]
+
+
+def create_train_state(
+    model, tx: optax.GradientTransformation, batch: dict[str, Any], rng: jax.Array
+) -> TrainState:
+    """A fresh :class:`TrainState` (call under ``jax.jit`` to place it on the mesh)."""
+    params = init_params(model, batch, rng)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), tx=tx
+    )
+
+
+def lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+    """StepLR by epoch, as the official code: ``lr * gamma ** (epoch // lr_drop)``."""
+    from trdetr_jax import optim
+
+    return optim.step_lr_schedule(
+        config.optim.lr,
+        lr_drop_epochs=config.optim.lr_drop,
+        gamma=config.optim.lr_gamma,
+        steps_per_epoch=steps_per_epoch,
+    )
+
+
+def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
+    """Clipping + AdamW (frozen parameters as the official code), epoch-wise StepLR."""
+    from trdetr_jax import optim
+
+    return optim.make_optimizer_from_config(config, lr_schedule(config, steps_per_epoch))
+
+
+def make_loss_fn(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+    """``loss_fn(params, model, batch, *, train, dropout_rng) -> (total, (loss_dict, outputs))``.
+
+    ``mesh`` lets the host matcher run per batch shard rather than on a gathered batch.
+    """
+    from trdetr_jax import objective
+
+    return objective.make_loss_fn(config, mesh=mesh)
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    rng: jax.Array,
+    *,
+    model,
+    loss_fn,
+    schedule: optax.Schedule,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimiser update on a global batch; returns the new state and scalar metrics."""
+    # A fresh dropout key per step, derived rather than stored (kauldron / lm1b style).
+    dropout_rng = jax.random.fold_in(rng, state.step)
+
+    def loss_of(params):
+        total, (loss_dict, _) = loss_fn(params, model, batch, train=True, dropout_rng=dropout_rng)
+        return total, loss_dict
+
+    (loss, loss_dict), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    new_state = state.apply_gradients(grads)
+    metrics = {k: jnp.asarray(v, jnp.float32) for k, v in loss_dict.items()}
+    metrics["loss"] = loss.astype(jnp.float32)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
+    return new_state, metrics
+
+
+def eval_step(params: Any, batch: dict[str, jax.Array], *, model) -> dict[str, jax.Array]:
+    """Forward pass in inference mode; returns the outputs the post-processing needs."""
+    outputs = model.apply({"params": params}, **model_inputs(batch), train=False)
+    return {k: outputs[k] for k in EVAL_OUTPUT_KEYS}
+
+
+# ------------------------------------------------------------------------ sharding
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+    """A 1-d ``('data',)`` mesh over ``devices`` (default: every device of every process)."""
+    devices = list(jax.devices() if devices is None else devices)
+    return jax.make_mesh(
+        (len(devices),),
+        ("data",),
+        axis_types=(jax.sharding.AxisType.Auto,),
+        devices=devices,
+    )
+
+
+def check_batch_size(batch_size: int, mesh: jax.sharding.Mesh, what: str) -> None:
+    n = mesh.devices.size
+    if batch_size % n:
+        raise ValueError(
+            f"{what}={batch_size} is not divisible by the number of devices ({n}): the global "
+            f"batch is split evenly across devices. Use a multiple of {n}, e.g. "
+            f"--config.train.batch_size={max(n, batch_size // n * n)}."
+        )
+
+
+@dataclasses.dataclass
+class Steps:
+    """The jitted step functions of a run and the shardings they use."""
+
+    mesh: jax.sharding.Mesh
+    replicated: NamedSharding
+    data: NamedSharding
+    state_sharding: Any
+    train: Any  # (state, batch, rng) -> (state, metrics); donates state
+    eval: Any  # (params, batch) -> outputs
+    init: Any  # (rng) -> state
+    abstract_state: Any  # ShapeDtypeStructs with shardings (restore target)
+
+
+def build_steps(
+    mesh: jax.sharding.Mesh,
+    model,
+    tx: optax.GradientTransformation,
+    loss_fn,
+    schedule: optax.Schedule,
+    batch_shapes: dict[str, jax.ShapeDtypeStruct],
+) -> Steps:
+    """Jits init / train / eval with explicit shardings over ``mesh``.
+
+    ``batch_shapes``: global shapes of a batch (only used to initialise parameters).
+    """
+    replicated = NamedSharding(mesh, P())
+    data = NamedSharding(mesh, P("data"))
+
+    def init_fn(rng):
+        # Parameter shapes depend on the input shapes only: initialise from zeros.
+        zeros = {k: jnp.zeros(v.shape, v.dtype) for k, v in batch_shapes.items()}
+        return create_train_state(model, tx, zeros, rng)
+
+    shapes = jax.eval_shape(init_fn, jax.random.key(0))
+    state_sharding = jax.tree.map(lambda _: replicated, shapes)
+    init = jax.jit(init_fn, in_shardings=replicated, out_shardings=state_sharding)
+    train = jax.jit(
+        functools.partial(train_step, model=model, loss_fn=loss_fn, schedule=schedule),
+        in_shardings=(state_sharding, data, replicated),
+        out_shardings=(state_sharding, replicated),
+        donate_argnames=("state",),
+    )
+    evaluate = jit_eval_step(mesh, model, state_sharding.params)
+    abstract = jax.tree.map(
+        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), shapes, state_sharding
+    )
+    return Steps(mesh, replicated, data, state_sharding, train, evaluate, init, abstract)
+
+
+def jit_eval_step(mesh: jax.sharding.Mesh, model, params_sharding: Any = None):
+    """``eval_step`` jitted over ``mesh``: replicated params, batch-sharded inputs/outputs."""
+    if params_sharding is None:
+        params_sharding = NamedSharding(mesh, P())
+    data = NamedSharding(mesh, P("data"))
+    return jax.jit(
+        functools.partial(eval_step, model=model),
+        in_shardings=(params_sharding, data),
+        out_shardings=data,
+    )
+
+
+def process_rows(sharding: NamedSharding, global_size: int) -> slice:
+    """The rows of a batch-sharded global array that this process's devices hold."""
+    index_map = sharding.addressable_devices_indices_map((global_size,))
+    spans = sorted({(i[0].start or 0, i[0].stop or global_size) for i in index_map.values()})
+    lo, hi = spans[0][0], spans[-1][1]
+    if sum(b - a for a, b in spans) != hi - lo:
+        raise ValueError("this process's devices do not hold a contiguous block of the batch")
+    return slice(lo, hi)
+
+
+def check_process_rows(sharding: NamedSharding, global_size: int) -> None:
+    """The data pipeline gives process p the p-th contiguous block; the mesh must agree."""
+    per = global_size // jax.process_count()
+    expected = slice(jax.process_index() * per, (jax.process_index() + 1) * per)
+    got = process_rows(sharding, global_size)
+    if (got.start, got.stop) != (expected.start, expected.stop):
+        raise ValueError(
+            f"process {jax.process_index()} holds rows {got.start}:{got.stop} of the global "
+            f"batch but loads rows {expected.start}:{expected.stop}"
+        )
+
+
+def device_batch(local: Batch, sharding: NamedSharding) -> dict[str, jax.Array]:
+    """This process's rows of a global batch -> batch-sharded global jax arrays."""
+    n = jax.process_count()
+    return {
+        k: jax.make_array_from_process_local_data(sharding, v, (v.shape[0] * n, *v.shape[1:]))
+        for k, v in local.items()
+    }
+
+
+def to_host(tree: Any) -> Any:
+    """Fetches (possibly multi-process) arrays to numpy on every host."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.process_allgather(tree, tiled=True)
+    return jax.device_get(tree)
+
+
+def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
+    """``jax.distributed.initialize()`` when the config or the environment asks for it."""
+    if not (config.train.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS")):
+        return
+    if jax.distributed.is_initialized():
+        return
+    # Arguments come from the environment / cluster auto-detection (SLURM, TPU, ...).
+    jax.distributed.initialize()
+    logging.info(
+        "jax.distributed: process %d of %d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
+
+
+# --------------------------------------------------------------------- host helpers
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr: step, steps/s, ETA (redrawn in place on a TTY)."""
+
+    def __init__(self, total: int, initial: int = 0, stream=None, min_interval: float = 0.5):
+        self.total, self.initial = total, initial
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        # Off a TTY a line every 30 s is plenty (logs, CI).
+        self.min_interval = min_interval if self.tty else 30.0
+        self.t0 = self.t_last = None
+        self.n0 = initial
+        self.enabled = jax.process_index() == 0
+
+    def update(self, n: int, text: str = "") -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if self.t0 is None:  # the first update follows compilation: rate from here on
+            self.t0, self.n0, self.t_last = now, n, now
+        if now - self.t_last < self.min_interval and n < self.total:
+            return
+        self.t_last = now
+        rate = (n - self.n0) / max(now - self.t0, 1e-9)
+        eta = (self.total - n) / rate if rate > 0 else float("nan")
+        width = 24
+        filled = int(width * n / max(self.total, 1))
+        bar = "#" * filled + "." * (width - filled)
+        line = f"[{bar}] {n}/{self.total} {rate:.2f} step/s ETA {_fmt_time(eta)} {text}"
+        if self.tty:
+            self.stream.write("\r" + line[:160].ljust(100))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty and self.t0 is not None:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _fmt_num(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+def _fmt_time(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "--:--"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class RunLog:
+    """``train.log`` (human-readable) and ``metrics.jsonl`` (one JSON object per record)."""
+
+    def __init__(self, workdir: pathlib.Path, resume_step: int | None):
+        self.enabled = jax.process_index() == 0
+        self.log_path = workdir / "train.log"
+        self.metrics_path = workdir / "metrics.jsonl"
+        if self.enabled:
+            self._truncate_metrics(resume_step)
+
+    def _truncate_metrics(self, resume_step: int | None) -> None:
+        """Drops records written after the checkpoint we resume from (they will be redone)."""
+        if not self.metrics_path.exists():
+            return
+        keep = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill
+                continue
+            if resume_step is not None and record.get("step", 0) <= resume_step:
+                keep.append(line)
+        checkpointing.write_text_atomic(self.metrics_path, "".join(s + "\n" for s in keep))
+
+    def info(self, msg: str, *args, console: bool = True) -> None:
+        text = msg % args if args else msg
+        if console:
+            logging.info("%s", text)
+        if self.enabled:
+            with open(self.log_path, "a") as f:
+                f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + text + "\n")
+
+    def record(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(record, sort_keys=True, default=_to_float) + "\n")
+
+
+def _to_float(x: Any) -> Any:
+    if hasattr(x, "item"):
+        return x.item()
+    raise TypeError(type(x).__name__)
+
+
+def check_finite(metrics: dict[str, Any], step: int) -> None:
+    loss = float(metrics["loss"])
+    if not np.isfinite(loss):
+        parts = ", ".join(f"{k}={float(v):.4g}" for k, v in sorted(metrics.items()))
+        raise NonFiniteLossError(
+            f"training loss became {loss} at step {step} ({parts}). Stopping; the last saved "
+            "checkpoint is intact (rerun resumes from it). Common causes: a learning rate too "
+            "high for this batch size, NaN/Inf in the input features, or an empty mask."
+        )
+
+
+def _config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    diffs = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += _config_diff(a, b, prefix + k + ".")
+        elif a != b:
+            diffs.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return diffs
+
+
+def config_to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    return json.loads(config.to_json_best_effort())
+
+
+# ----------------------------------------------------------------------------- data
+# The one boundary to the data pipeline (trdetr_jax.data): datasets, seeded batches.
+
+
+def load_datasets(config: ml_collections.ConfigDict):
+    """``(resolved config, train dataset, eval dataset)``.
+
+    The resolved config has the dataset's paths filled in (the demo generates its data on
+    first use); it is the one written to ``config.json``.
+    """
+    from trdetr_jax import data as data_lib
+
+    config = data_lib.resolve_config(config)
+    train_ds, eval_ds = data_lib.build_datasets(config)
+    return config, train_ds, eval_ds
+
+
+def steps_per_epoch(train_ds, batch_size: int) -> int:
+    from trdetr_jax import data as data_lib
+
+    return data_lib.steps_per_epoch(len(train_ds), batch_size)
+
+
+def train_batches(train_ds, batch_size: int, *, seed: int, epoch: int, start_step: int):
+    """This process's rows of each global training batch of ``epoch``, from ``start_step``."""
+    from trdetr_jax import data as data_lib
+
+    for batch, _ in data_lib.train_batches(
+        train_ds,
+        batch_size,
+        seed=seed,
+        epoch=epoch,
+        start_step=start_step,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    ):
+        yield batch
+
+
+def eval_batches(eval_ds, batch_size: int):
+    """``(local batch, metas of the real examples of the global batch)`` in file order."""
+    from trdetr_jax import data as data_lib
+
+    n = len(eval_ds)
+    for b, (batch, metas) in enumerate(
+        data_lib.eval_batches(
+            eval_ds,
+            batch_size,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+    ):
+        if jax.process_count() > 1:  # each process sees its rows only; outputs are gathered
+            metas = eval_ds.metas[b * batch_size : min((b + 1) * batch_size, n)]
+        yield batch, metas
+
+
+def abstract_batch(ds, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """Global shapes / dtypes of a batch (from one local evaluation batch)."""
+    local, _ = next(iter(eval_batches(ds, batch_size // jax.process_count())))
+    return {k: jax.ShapeDtypeStruct((batch_size, *v.shape[1:]), v.dtype) for k, v in local.items()}
+
+
+def prefetch_to_devices(batches: Iterable[Any], sharding: NamedSharding, depth: int):
+    """Loads and transfers batches on a worker thread, ``depth`` ahead of the step."""
+    from trdetr_jax import data as data_lib
+
+    return data_lib.prefetch(batches, functools.partial(device_batch, sharding=sharding), depth)
+
+
+# ------------------------------------------------------------------------ evaluation
+
+
+def eval_dataset_name(config: ml_collections.ConfigDict) -> str:
+    """The metric family of the config's dataset ('qvhighlights', 'charades' or 'tvsum')."""
+    from trdetr_jax.data import annotations
+
+    return annotations.layout_of(config.data.dataset)
+
+
+def evaluate(
+    steps: Steps,
+    params: Any,
+    eval_ds,
+    config: ml_collections.ConfigDict,
+    batch_size: int,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Predicts the eval split and scores it with the official metrics.
+
+    Returns (metrics, submission rows); ``metrics['brief']`` holds the headline numbers.
+    """
+    from trdetr_jax import evaluation
+
+    rows = predict_split(steps.eval, steps.data, params, eval_ds, config, batch_size)
+    results = evaluation.evaluate_submission(
+        rows, eval_ds.gt_rows(), dataset=eval_dataset_name(config)
+    )
+    return results, rows
+
+
+def predict_split(
+    eval_fn,
+    data_sharding: NamedSharding,
+    params: Any,
+    eval_ds,
+    config: ml_collections.ConfigDict,
+    batch_size: int,
+) -> list[dict[str, Any]]:
+    """Submission rows (official format) for every query of ``eval_ds``.
+
+    ``eval_fn(params, batch)`` is a jitted :func:`eval_step` (see :func:`jit_eval_step`).
+    """
+    from trdetr_jax import evaluation
+
+    # Without matching (TVSum) the span heads are untrained: saliency only.
+    windows = bool(config.loss.use_matcher)
+    rows: list[dict[str, Any]] = []
+    for batch, metas in prefetch_to_devices(
+        eval_batches(eval_ds, batch_size), data_sharding, config.data.prefetch_depth
+    ):
+        out = to_host(eval_fn(params, batch))
+        n = len(metas)  # padding rows (example_mask 0) come last
+        out = {k: np.asarray(v)[:n] for k, v in out.items()}
+        rows += evaluation.predictions_to_rows(
+            out["pred_logits"] if windows else None,
+            out["pred_spans"] if windows else None,
+            out["saliency_scores"],
+            out["video_mask"],
+            metas,
+            **postprocess_kwargs(config),
+        )
+    return rows
+
+
+def postprocess_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    return dict(
+        mode=config.eval.postprocess,
+        clip_length=config.data.clip_length,
+        nms_thd=config.eval.nms_thd,
+        max_before_nms=config.eval.max_before_nms,
+        max_after_nms=config.eval.max_after_nms,
+        dataset=eval_dataset_name(config),
+    )
+
+
+def brief_metric(results: dict[str, Any], name: str) -> float:
+    brief = results["brief"]
+    if brief.get(name) is None:
+        available = sorted(k for k, v in brief.items() if v is not None)
+        raise KeyError(
+            f"config.train.best_metric={name!r} is not among the evaluation's metrics "
+            f"(or is empty on this split); available: {available}"
+        )
+    return float(brief[name])
+
+
+def write_jsonl_atomic(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
+    checkpointing.write_text_atomic(
+        path, "".join(json.dumps(r, default=_to_float) + "\n" for r in rows)
+    )
+
+
+# ------------------------------------------------------------------------------ loop
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains, evaluates every ``eval_every_epochs``, keeps the best; resumes from ``workdir``.
+
+    Returns the run summary (also printed as a table and written to ``summary.json``).
+    """
+    from trdetr_jax.model import TRDETR, model_kwargs_from_config
+
+    t_start = time.time()
+    maybe_initialize_distributed(config)
+    workdir_path = pathlib.Path(workdir).resolve()
+    workdir_path.mkdir(parents=True, exist_ok=True)
+    tcfg = config.train
+
+    # ---- data, model, mesh.
+    mesh = make_mesh()
+    check_batch_size(tcfg.batch_size, mesh, "config.train.batch_size")
+    n_dev = mesh.devices.size
+    eval_batch_size = -(-tcfg.eval_batch_size // n_dev) * n_dev  # eval pads: round up
+    config, train_ds, eval_ds = load_datasets(config)
+    n_steps_epoch = steps_per_epoch(train_ds, tcfg.batch_size)
+    total_steps = n_steps_epoch * tcfg.num_epochs
+    model = TRDETR(**model_kwargs_from_config(config))
+    schedule = lr_schedule(config, n_steps_epoch)
+    tx = make_optimizer(config, n_steps_epoch)
+    steps = build_steps(
+        mesh,
+        model,
+        tx,
+        make_loss_fn(config, mesh),
+        schedule,
+        abstract_batch(train_ds, tcfg.batch_size),
+    )
+    check_process_rows(steps.data, tcfg.batch_size)
+    # Parameter init and dropout draw from independent streams of the one seed.
+    init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
+
+    # ---- configuration file: record it, say what changed when resuming.
+    config_path = workdir_path / checkpointing.CONFIG_FILE
+    new_cfg = config_to_dict(config)
+    config_changes = []
+    if config_path.exists():
+        config_changes = _config_diff(json.loads(config_path.read_text()), new_cfg)
+    if jax.process_index() == 0:
+        checkpointing.write_json_atomic(config_path, new_cfg)
+
+    # ---- checkpoints: resume from the latest one if there is one.
+    ckpt = checkpointing.RunCheckpoints(workdir_path / checkpointing.CHECKPOINT_SUBDIR)
+    latest = ckpt.latest_step()
+    log = RunLog(workdir_path, latest)
+    if latest is None:
+        state = steps.init(init_rng)
+        loop = checkpointing.LoopState(seed=config.seed)
+        log.info(
+            "new run in %s: %d devices (%s), %d train / %d eval examples, %d steps/epoch, "
+            "%d epochs",
+            workdir_path,
+            n_dev,
+            jax.devices()[0].platform,
+            len(train_ds),
+            len(eval_ds),
+            n_steps_epoch,
+            tcfg.num_epochs,
+        )
+    else:
+        state, loop = ckpt.restore(latest, steps.abstract_state)
+        if loop.seed != config.seed:
+            raise ValueError(
+                f"{workdir_path} holds a run with seed {loop.seed}, but config.seed is "
+                f"{config.seed}; resuming would not reproduce it. Use another --workdir."
+            )
+        log.info(
+            "resuming %s from step %d (epoch %d, batch %d of %d)",
+            workdir_path,
+            loop.step,
+            loop.epoch + 1,
+            loop.batch_in_epoch,
+            n_steps_epoch,
+        )
+        for change in config_changes:
+            log.info("config changed since the checkpoint: %s", change)
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    log.info("model: %.2fM parameters", n_params / 1e6)
+
+    split = config.data.eval_split_name
+    best_preds_path = workdir_path / f"best_{split}_preds.jsonl"
+    best_metrics_path = workdir_path / f"best_{split}_preds_metrics.json"
+
+    def run_eval(epoch: int) -> float:
+        t0 = time.time()
+        results, rows = evaluate(steps, state.params, eval_ds, config, eval_batch_size)
+        score = brief_metric(results, tcfg.best_metric)
+        # None marks a metric the split cannot give (e.g. an empty length bucket).
+        brief = {k: None if v is None else float(v) for k, v in results["brief"].items()}
+        improved = loop.best_score is None or score > loop.best_score
+        log.record({"type": "eval", "step": loop.step, "epoch": epoch + 1, **brief})
+        log.info(
+            "eval epoch %d step %d (%.1fs): %s=%.2f%s | %s",
+            epoch + 1,
+            loop.step,
+            time.time() - t0,
+            tcfg.best_metric,
+            score,
+            " (new best)" if improved else "",
+            " ".join(f"{k}={_fmt_num(v)}" for k, v in brief.items()),
+        )
+        if improved:
+            loop.best_score, loop.best_step, loop.best_epoch = score, loop.step, epoch + 1
+            loop.best_brief = brief
+            loop.es_cnt = 0
+            if jax.process_index() == 0:
+                write_jsonl_atomic(best_preds_path, rows)
+                checkpointing.write_json_atomic(best_metrics_path, results)
+        else:
+            loop.es_cnt += 1
+        return score
+
+    # ---- the loop.
+    bar = ProgressBar(total_steps, loop.step)
+    pending: tuple[int, Any] | None = None  # metrics of the last step, fetched one step late
+    t_log = time.perf_counter()
+
+    def drain() -> None:
+        """Fetches the pending step's metrics; checks the loss; logs every log_every_steps."""
+        nonlocal pending, t_log
+        if pending is None:
+            return
+        step, metrics = pending
+        pending = None
+        metrics = jax.device_get(metrics)
+        check_finite(metrics, step)
+        # Running sums live in the loop state, so a resumed run logs the same means.
+        for k, v in metrics.items():
+            loop.log_sums[k] = loop.log_sums.get(k, 0.0) + float(v)
+        loop.log_count += 1
+        bar.update(step, f"loss {float(metrics['loss']):.4f}")
+        if step % tcfg.log_every_steps == 0 or step == total_steps:
+            now = time.perf_counter()
+            summary = {k: v / loop.log_count for k, v in loop.log_sums.items()}
+            summary["steps_per_sec"] = loop.log_count / max(now - t_log, 1e-9)
+            loop.log_sums, loop.log_count = {}, 0
+            t_log = now
+            log.record({"type": "train", "step": step, "epoch": loop.epoch + 1, **summary})
+            log.info(
+                "step %d epoch %d: %s",
+                step,
+                loop.epoch + 1,
+                " ".join(f"{k}={v:.4g}" for k, v in summary.items()),
+            )
+
+    try:
+        while loop.epoch < tcfg.num_epochs and not loop.stopped_early:
+            epoch = loop.epoch
+            batches = train_batches(
+                train_ds,
+                tcfg.batch_size,
+                seed=config.seed,
+                epoch=epoch,
+                start_step=loop.batch_in_epoch,
+            )
+            for batch in prefetch_to_devices(batches, steps.data, config.data.prefetch_depth):
+                state, metrics = steps.train(state, batch, dropout_rng)
+                drain()  # previous step's metrics, while this step runs
+                loop.step += 1
+                loop.batch_in_epoch += 1
+                pending = (loop.step, metrics)
+                end_of_epoch = loop.batch_in_epoch == n_steps_epoch
+                if not end_of_epoch and loop.step % tcfg.checkpoint_every_steps == 0:
+                    drain()  # never save a state whose loss was not checked
+                    ckpt.save(state, loop)
+            drain()
+            loop.epoch, loop.batch_in_epoch = epoch + 1, 0
+            is_last = loop.epoch == tcfg.num_epochs
+            if loop.epoch % tcfg.eval_every_epochs == 0 or is_last:
+                score = run_eval(epoch)
+                if 0 <= tcfg.max_es_cnt < loop.es_cnt:
+                    log.info("early stop: no improvement in %d evaluations", loop.es_cnt)
+                    loop.stopped_early = True
+                ckpt.save(state, loop, score=score)
+            elif is_last or loop.step % tcfg.checkpoint_every_steps == 0:
+                ckpt.save(state, loop)
+    finally:
+        bar.close()
+    ckpt.close()
+
+    summary = {
+        "workdir": str(workdir_path),
+        "steps": loop.step,
+        "epochs": loop.epoch,
+        "best_metric": tcfg.best_metric,
+        "best_score": loop.best_score,
+        "best_epoch": loop.best_epoch,
+        "best_step": loop.best_step,
+        "best_brief": loop.best_brief,
+        "best_predictions": str(best_preds_path),
+        "wall_time_s": time.time() - t_start,
+    }
+    if jax.process_index() == 0:
+        checkpointing.write_json_atomic(workdir_path / "summary.json", summary)
+        table = summary_table(summary)
+        log.info("summary:\n%s", table, console=False)
+        print(table, flush=True)
+    return summary
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """The final human-readable table."""
+    rows = [
+        ("workdir", summary["workdir"]),
+        ("steps / epochs", f"{summary['steps']} / {summary['epochs']}"),
+        ("wall time", _fmt_time(summary["wall_time_s"])),
+        (
+            f"best {summary['best_metric']}",
+            "n/a"
+            if summary["best_score"] is None
+            else f"{summary['best_score']:.2f} (epoch {summary['best_epoch']}, "
+            f"step {summary['best_step']})",
+        ),
+    ]
+    for k, v in (summary["best_brief"] or {}).items():
+        rows.append((f"  {k}", _fmt_num(v)))
+    rows.append(("best predictions", summary["best_predictions"]))
+    width = max(len(k) for k, _ in rows)
+    line = "-" * (width + 2 + max(len(str(v)) for _, v in rows))
+    body = "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+    return f"{line}\nTR-DETR training summary\n{line}\n{body}\n{line}"
