@@ -24,6 +24,7 @@ from trdetr_jax import annotations
 from trdetr_jax.evaluation import (
     DATASETS,
     EvalInputError,
+    EvaluationNote,
     JsonlFile,
     OddPredictionWarning,
     dumps_metrics,
@@ -141,6 +142,7 @@ def run(argv=None) -> int:
             rows = read_jsonl(args.submission, what="submission file")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", OddPredictionWarning)
+            warnings.simplefilter("always", EvaluationNote)
             metrics = evaluate_submission(
                 rows,
                 gt,
@@ -150,7 +152,8 @@ def run(argv=None) -> int:
                 tvsum_videos_per_batch=args.tvsum_videos_per_batch,
             )
         for w in caught:
-            print(f"warning: {w.message}", file=sys.stderr)
+            kind = "note" if issubclass(w.category, EvaluationNote) else "warning"
+            print(f"{kind}: {w.message}", file=sys.stderr)
         dataset = args.dataset or _detected(gt)
         print_brief(metrics, dataset, len(gt))
         if args.out:

@@ -16,11 +16,17 @@ from trdetr_jax.evaluation.io import JsonlFile, dumps_metrics, read_jsonl, write
 from trdetr_jax.evaluation.metrics import SELECTION_KEYS, evaluate_submission
 from trdetr_jax.evaluation.nms import temporal_nms
 from trdetr_jax.evaluation.postprocess import predictions_to_rows
-from trdetr_jax.evaluation.validate import DATASETS, OddPredictionWarning, detect_dataset
+from trdetr_jax.evaluation.validate import (
+    DATASETS,
+    EvaluationNote,
+    OddPredictionWarning,
+    detect_dataset,
+)
 
 __all__ = [
     "DATASETS",
     "EvalInputError",
+    "EvaluationNote",
     "JsonlFile",
     "OddPredictionWarning",
     "SELECTION_KEYS",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trdetr_jax.evaluation.rounding import percent_2dp
+from trdetr_jax.evaluation.rounding import numpy_sum, percent_2dp
 
 CLIP_SECONDS = 2  # QVHighlights clips; the official evaluation hard-codes it
 LEVELS = (("Fair", 2), ("Good", 3), ("VeryGood", 4))
@@ -31,35 +31,43 @@ def gt_score_matrix(duration, relevant_clip_ids, saliency_scores) -> np.ndarray:
     return scores
 
 
-class _RankedScores:
-    """Predicted scores of one query sorted once, shared by every annotator and level.
+def _mean_like_numpy(values: np.ndarray) -> float:
+    """``np.mean`` of a 1-D float64 array, bit for bit (sum as numpy does, then / n)."""
+    return numpy_sum(values) / len(values)
 
-    Mirrors the precision-recall curve the official code builds: descending score (ties are
-    one threshold), cumulative positives read at the last index of each tie group.
+
+def query_average_precisions(pred: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """HD AP of one query for several binary label columns at once.
+
+    pred: [n] scores (already truncated / zero-padded to the n clips); labels: [n, C] 0/1.
+    Returns [C]. Per column: 0 if all labels are 0, 1 if all are 1; otherwise the mean, over
+    the distinct recall levels, of the interpolated precision of the precision-recall
+    curve that has one point per distinct score.
     """
-
-    def __init__(self, scores: np.ndarray):
-        order = np.argsort(scores, kind="mergesort")[::-1]  # [n] descending
-        self.order = order
-        ranked = scores[order]
-        self.group_end = np.r_[np.where(np.diff(ranked))[0], len(ranked) - 1]  # [K]
-
-    def average_precision(self, y_true: np.ndarray) -> float:
-        """AP of binary labels y_true [n] (float 0/1) against the ranked scores."""
-        if len(y_true) == 0:
-            return 0.0  # no clip at all: nothing to find (the official code raises)
-        first = y_true[0]
-        if (y_true == first).all():
-            return 0.0 if first == 0 else 1.0
-        tps = np.cumsum(y_true[self.order])[self.group_end]  # [K] at descending thresholds
-        fps = 1 + self.group_end - tps
-        precision = tps / (tps + fps)
-        recall = (tps / tps[-1]).astype(np.float32)
-        # Curve from the lowest threshold up, closed by the (recall 0, precision 1) point.
-        precision = np.hstack((precision[::-1], 1.0))
-        recall = np.hstack((recall[::-1], 0.0))
-        precision = np.maximum.accumulate(precision)  # interpolation: best at recall >= r
-        return np.mean(precision[np.where(np.diff(recall))])
+    n, n_col = labels.shape
+    out = np.zeros(n_col)
+    if n == 0:
+        return out  # no clip at all: nothing to find (the official code raises)
+    order = np.argsort(pred, kind="mergesort")[::-1]  # [n] descending score
+    ranked = pred[order]
+    group_end = np.r_[np.where(np.diff(ranked))[0], n - 1]  # [K] last index of each tie group
+    tps = np.cumsum(labels[order], axis=0)[group_end]  # [K, C] positives at each threshold
+    fps = (1 + group_end)[:, None] - tps
+    precision = tps / (tps + fps)  # [K, C], highest threshold first
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = (tps / tps[-1]).astype(np.float32)  # [K, C]
+    # Curve from the lowest threshold up, closed by the (recall 0, precision 1) point.
+    precision = np.vstack([precision[::-1], np.ones((1, n_col))])  # [K + 1, C]
+    recall = np.vstack([recall[::-1], np.zeros((1, n_col), np.float32)])
+    precision = np.maximum.accumulate(precision, axis=0)  # best precision at recall >= r
+    steps = np.diff(recall, axis=0) != 0  # [K, C]
+    first, last = labels[0], labels.min(0) == labels.max(0)
+    for c in range(n_col):
+        if last[c]:
+            out[c] = 0.0 if first[c] == 0 else 1.0
+        else:
+            out[c] = _mean_like_numpy(precision[:-1, c][steps[:, c]])
+    return out
 
 
 def _fit_length(pred: np.ndarray, n: int) -> np.ndarray:
@@ -77,22 +85,24 @@ def highlight_detection(pred: dict, gt: dict) -> dict:
     pred: ``{qid: list of scores}`` in submission order; gt: ``{qid: [n, 3] score matrix}``.
     Every predicted qid must be in gt.
     """
-    qids = list(pred)
-    preds = [np.asarray(pred[q], dtype=np.float64) for q in qids]
-    ranked = [_RankedScores(_fit_length(p, len(gt[q]))) for q, p in zip(qids, preds)]
-    top = [int(np.argmax(p)) if len(p) else -1 for p in preds]  # -1: empty list, a miss
+    n_q, n_lv = len(pred), len(LEVELS)
+    aps = np.zeros((n_lv, n_q, 3))  # [levels, Q, annotators]
+    hits = np.zeros((n_lv, n_q, 3))
+    for i, (qid, scores) in enumerate(pred.items()):
+        scores = np.asarray(scores, dtype=np.float64)
+        matrix = gt[qid]  # [n, 3]
+        binary = np.concatenate([matrix >= lv for _, lv in LEVELS], axis=1).astype(float)
+        aps[:, i] = query_average_precisions(_fit_length(scores, len(matrix)), binary).reshape(
+            n_lv, 3
+        )
+        if len(scores):  # an empty list is a miss (the official code raises)
+            top = int(np.argmax(scores))  # first maximum, over the whole list
+            if top < len(matrix):
+                hits[:, i] = binary[top].reshape(n_lv, 3)
     out = {}
-    for name, level in LEVELS:
-        hits = np.zeros((len(qids), 3))  # [Q, 3]
-        aps = np.zeros((len(qids), 3))  # [Q, 3]
-        for i, q in enumerate(qids):
-            binary = (gt[q] >= level).astype(float)  # [n, 3]
-            if 0 <= top[i] < len(binary):
-                hits[i] = binary[top[i]]
-            for a in range(3):
-                aps[i, a] = ranked[i].average_precision(binary[:, a])
+    for k, (name, _) in enumerate(LEVELS):
         out[f"HL-min-{name}"] = {
-            "HL-mAP": percent_2dp(np.mean(aps)),
-            "HL-Hit1": percent_2dp(np.mean(np.max(hits, 1))),
+            "HL-mAP": percent_2dp(np.mean(aps[k])),
+            "HL-Hit1": percent_2dp(np.mean(np.max(hits[k], 1))),
         }
     return out

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from trdetr_jax.evaluation.iou import cross_iou, hull_iou
-from trdetr_jax.evaluation.rounding import percent_2dp
+from trdetr_jax.evaluation.rounding import numpy_sum, percent_2dp
 
 # The doubles nearest 0.50, 0.55, ..., 0.95 (the official code formats linspace with .2f).
 THRESHOLDS = tuple(float(f"{t:.2f}") for t in np.linspace(0.5, 0.95, 10))
@@ -74,21 +74,20 @@ def query_average_precision(
                 fp[t, p] = 1
     tp_cum = np.cumsum(tp, axis=1)  # [T, P]
     fp_cum = np.cumsum(fp, axis=1)
-    recall = tp_cum / float(n_gt)
-    precision = tp_cum / (tp_cum + fp_cum)
+    # VOC-2011 all-point interpolated AP, for all thresholds at once: the curve gets a
+    # (recall 0, precision 0) point in front and (1, 0) at the end, precision becomes the
+    # max over this and every later point, and the steps where recall changes are summed.
+    mprec = np.zeros((n_thr, n_pred + 2))  # [T, P + 2]
+    mprec[:, 1:-1] = tp_cum / (tp_cum + fp_cum)
+    mprec = np.maximum.accumulate(mprec[:, ::-1], axis=1)[:, ::-1]
+    mrec = np.zeros((n_thr, n_pred + 2))  # [T, P + 2]
+    mrec[:, 1:-1] = tp_cum / float(n_gt)
+    mrec[:, -1] = 1.0
+    steps = mrec[:, 1:] != mrec[:, :-1]  # [T, P + 1]
+    terms = (mrec[:, 1:] - mrec[:, :-1]) * mprec[:, 1:]  # [T, P + 1]
     for t in range(n_thr):
-        ap[t] = _interpolated_ap(precision[t], recall[t])
+        ap[t] = numpy_sum(terms[t][steps[t]])
     return ap
-
-
-def _interpolated_ap(precision: np.ndarray, recall: np.ndarray) -> float:
-    """VOC-2011 all-point interpolated AP; the sum runs over the same array as the official
-    code so numpy's pairwise summation groups the terms identically."""
-    mprec = np.hstack([[0.0], precision, [0.0]])
-    mrec = np.hstack([[0.0], recall, [1.0]])
-    mprec = np.maximum.accumulate(mprec[::-1])[::-1]  # max over this and every later point
-    idx = np.where(mrec[1:] != mrec[:-1])[0] + 1
-    return np.sum((mrec[idx] - mrec[idx - 1]) * mprec[idx])
 
 
 def bucket(gt: dict, len_range) -> dict:

@@ -35,6 +35,10 @@ class OddPredictionWarning(UserWarning):
     """Predictions the official evaluation accepts but that are probably not intended."""
 
 
+class EvaluationNote(UserWarning):
+    """Information about what is (not) evaluated, e.g. a prediction field that is ignored."""
+
+
 def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
@@ -175,7 +179,7 @@ def _gt_saliency(row: dict, loc) -> np.ndarray:
                 f"{_describe(c)}"
             )
     for k, s in enumerate(scores):
-        if not isinstance(s, list) or len(s) != 3 or not all(_is_number(x) for x in s):
+        if type(s) is not list or len(s) != 3 or any(map(_number_problem, s)):
             raise EvalInputError(
                 f"{loc(f'saliency_scores[{k}]')}: expected 3 annotator scores, got {_describe(s)}"
             )
@@ -210,28 +214,37 @@ class Submission:
     windows: dict | None  # {qid: [[st, ed, score], ...]} when moment retrieval is evaluated
     saliency: dict | None  # {qid: [score, ...]} when highlight detection is evaluated
     missing: list  # ground-truth qids without a prediction (only with allow_missing)
-    notes: list  # one-line remarks, e.g. a field that is ignored
 
 
 class _OddTally:
-    """Counts odd predictions per kind, keeping the first location of each."""
+    """Counts odd predictions per kind, keeping where each kind first occurred.
 
-    def __init__(self):
+    Locations are (line, qid, field, detail) tuples, formatted only when reported, so that
+    checking a large file costs no string building.
+    """
+
+    def __init__(self, source: str):
+        self.source = source
         self.counts: dict[str, int] = {}
-        self.first: dict[str, str] = {}
+        self.first: dict[str, tuple] = {}
         self.queries: set = set()
 
-    def add(self, kind: str, loc: str, qid):
+    def add(self, kind: str, line: int, qid, field: str, detail: str = ""):
         self.counts[kind] = self.counts.get(kind, 0) + 1
-        self.first.setdefault(kind, loc)
+        if kind not in self.first:
+            self.first[kind] = (line, qid, field, detail)
         self.queries.add(qid)
+
+    def location(self, kind: str) -> str:
+        line, qid, field, detail = self.first[kind]
+        return where(self.source, line, qid, field) + (f" ({detail})" if detail else "")
 
     def summary(self) -> str:
         ranked = sorted(self.counts.items(), key=lambda kv: -kv[1])
         parts = [f"{n} x {kind}" for kind, n in ranked]
         return (
             f"{len(self.queries)} queries have odd predictions, evaluated as the official code "
-            f"does: {'; '.join(parts)} (first: {next(iter(self.first.values()))}); "
+            f"does: {'; '.join(parts)} (first: {self.location(ranked[0][0])}); "
             "use --strict (strict=True) to reject them"
         )
 
@@ -246,8 +259,7 @@ def parse_submission(
     predictions); otherwise warns once (OddPredictionWarning) if anything was odd.
     """
     known = gt.labels if gt.dataset == "tvsum" else gt.windows
-    tally = _OddTally()
-    notes = []
+    tally = _OddTally(sub.source)
     first = sub.rows[0]
     if gt.dataset == "tvsum":
         use_windows, use_saliency = False, True
@@ -260,8 +272,12 @@ def parse_submission(
         use_windows = WINDOWS in first
         use_saliency = SALIENCY in first and gt.scores is not None
         if SALIENCY in first and gt.scores is None:
-            notes.append(
-                f"'{SALIENCY}' ignored: the ground truth {gt.source} has no saliency annotations"
+            warnings.warn(
+                EvaluationNote(
+                    f"'{SALIENCY}' ignored: the ground truth {gt.source} has no saliency "
+                    "annotations"
+                ),
+                stacklevel=3,
             )
         if not use_windows and not use_saliency:
             needed = f"'{WINDOWS}'" + (f" or '{SALIENCY}'" if gt.scores is not None else "")
@@ -284,21 +300,22 @@ def parse_submission(
                 f"{where(sub.source, line, qid)}: qid not in the ground truth {gt.source}"
                 + _qid_type_hint(qid, known)
             )
-        loc = lambda f, _l=line, _q=qid: where(sub.source, _l, _q, f)  # noqa: E731
         for field, used in ((WINDOWS, use_windows), (SALIENCY, use_saliency)):
             if used and field not in row:
                 raise EvalInputError(
-                    f"{loc(field)}: required field is missing (the first row has it)"
+                    f"{where(sub.source, line, qid, field)}: required field is missing (the "
+                    "first row has it)"
                 )
             ignored_anyway = gt.dataset == "tvsum" or (field == SALIENCY and gt.scores is None)
             if not used and field in row and not ignored_anyway:
                 # The official code decides what to evaluate from the first row only.
-                tally.add("field absent from the first row (ignored)", loc(field), qid)
+                tally.add("field absent from the first row (ignored)", line, qid, field)
+        at = (sub.source, line, qid)
         if use_windows:
-            windows[qid] = _pred_windows(row[WINDOWS], loc, gt.durations[qid], qid, tally)
+            windows[qid] = _pred_windows(row[WINDOWS], at, gt.durations[qid], tally)
         if use_saliency:
             n = len(gt.labels[qid]) if gt.dataset == "tvsum" else len(gt.scores[qid])
-            saliency[qid] = _pred_saliency(row[SALIENCY], loc, n, qid, tally)
+            saliency[qid] = _pred_saliency(row[SALIENCY], at, n, tally)
 
     missing = [q for q in known if q not in seen]
     if missing and not allow_missing:
@@ -310,13 +327,13 @@ def parse_submission(
         )
     if tally.counts:
         if strict:
-            kind, loc = next(iter(tally.first.items()))
+            kind = next(iter(tally.first))
             raise EvalInputError(
-                f"{loc}: {kind} (rejected by --strict; {sum(tally.counts.values())} odd "
-                f"predictions in {len(tally.queries)} queries)"
+                f"{tally.location(kind)}: {kind} (rejected by --strict; "
+                f"{sum(tally.counts.values())} odd predictions in {len(tally.queries)} queries)"
             )
         warnings.warn(OddPredictionWarning(tally.summary()), stacklevel=3)
-    return Submission(windows, saliency, missing, notes)
+    return Submission(windows, saliency, missing)
 
 
 def _qid_type_hint(qid, known) -> str:
@@ -328,63 +345,89 @@ def _qid_type_hint(qid, known) -> str:
     return ""
 
 
-def _pred_windows(windows, loc, duration, qid, tally: _OddTally) -> list:
+def _number_problem(x) -> str | None:
+    """Why x is not a usable JSON number, or None. Fast for the common case."""
+    t = type(x)
+    if t is float:
+        return None if math.isfinite(x) else "must be finite"
+    if t is int:
+        return None
+    return "must be a number"
+
+
+def _pred_windows(windows, at, duration, tally: _OddTally) -> list:
+    """[[st, ed, score], ...] as floats; `at` = (source, line, qid)."""
+    source, line, qid = at
     if not isinstance(windows, list):
         raise EvalInputError(
-            f"{loc(WINDOWS)}: expected a list of [start, end, score], got {_describe(windows)}"
+            f"{where(source, line, qid, WINDOWS)}: expected a list of [start, end, score], "
+            f"got {_describe(windows)}"
         )
     out = []
     for k, w in enumerate(windows):
-        wloc = loc(f"{WINDOWS}[{k}]")
-        if not isinstance(w, list) or len(w) != 3:
-            raise EvalInputError(f"{wloc}: expected [start, end, score], got {_describe(w)}")
+        field = f"{WINDOWS}[{k}]"
+        if type(w) is not list or len(w) != 3:
+            raise EvalInputError(
+                f"{where(source, line, qid, field)}: expected [start, end, score], got "
+                f"{_describe(w)}"
+            )
         for x in w:
-            _check_number(x, wloc, "start, end and score")
-        st, ed, score = (float(x) for x in w)
+            problem = _number_problem(x)
+            if problem:
+                raise EvalInputError(
+                    f"{where(source, line, qid, field)}: start, end and score {problem}, got "
+                    f"{_describe(x)}"
+                )
+        st, ed, score = float(w[0]), float(w[1]), float(w[2])
         if st > ed:
-            tally.add("window with start > end", wloc, qid)
+            tally.add("window with start > end", line, qid, field)
         elif st == ed:
-            tally.add("zero-length window", wloc, qid)
+            tally.add("zero-length window", line, qid, field)
         if min(st, ed) < 0:
-            tally.add("window starting before 0", wloc, qid)
+            tally.add("window starting before 0", line, qid, field)
         if max(st, ed) > duration:
-            tally.add("window past the video end", wloc, qid)
+            tally.add("window past the video end", line, qid, field, f"duration {duration}")
         if not 0 <= score <= 1:
-            tally.add("score outside [0, 1]", wloc, qid)
+            tally.add("score outside [0, 1]", line, qid, field)
         out.append([st, ed, score])
     if not out:
-        tally.add("empty window list (R1 miss, left out of mAP)", loc(WINDOWS), qid)
+        tally.add("empty window list (R1 miss, left out of mAP)", line, qid, WINDOWS)
     if len(out) > MAX_PRED_WINDOWS:
-        tally.add(
+        kind = (
             f"more than {MAX_PRED_WINDOWS} windows (only the first {MAX_PRED_WINDOWS} listed "
-            "count for mAP)",
-            loc(WINDOWS),
-            qid,
+            "count for mAP)"
         )
+        tally.add(kind, line, qid, WINDOWS)
     if any(out[i][2] < out[i + 1][2] for i in range(len(out) - 1)):
-        tally.add(
+        kind = (
             "windows not sorted by descending score (mAP cuts in list order, R1 takes the "
-            "first listed)",
-            loc(WINDOWS),
-            qid,
+            "first listed)"
         )
+        tally.add(kind, line, qid, WINDOWS)
     return out
 
 
-def _pred_saliency(scores, loc, n_clips: int, qid, tally: _OddTally) -> list:
+def _pred_saliency(scores, at, n_clips: int, tally: _OddTally) -> list:
+    """Scores as floats; `at` = (source, line, qid)."""
+    source, line, qid = at
     if not isinstance(scores, list):
         raise EvalInputError(
-            f"{loc(SALIENCY)}: expected a list of numbers, got {_describe(scores)}"
+            f"{where(source, line, qid, SALIENCY)}: expected a list of numbers, got "
+            f"{_describe(scores)}"
         )
     for k, x in enumerate(scores):
-        _check_number(x, loc(f"{SALIENCY}[{k}]"), "each score")
+        problem = _number_problem(x)
+        if problem:
+            raise EvalInputError(
+                f"{where(source, line, qid, f'{SALIENCY}[{k}]')}: each score {problem}, got "
+                f"{_describe(x)}"
+            )
     if not scores:
-        tally.add("empty saliency list (Hit1 miss, all-zero scores for mAP)", loc(SALIENCY), qid)
+        tally.add("empty saliency list (Hit1 miss, all-zero scores for mAP)", line, qid, SALIENCY)
     elif len(scores) != n_clips:
-        tally.add(
+        kind = (
             "saliency list length differs from the number of clips (truncated or zero-padded "
-            "for mAP; Hit1 uses the whole list)",
-            f"{loc(SALIENCY)} ({len(scores)} scores, {n_clips} clips)",
-            qid,
+            "for mAP; Hit1 uses the whole list)"
         )
+        tally.add(kind, line, qid, SALIENCY, f"{len(scores)} scores, {n_clips} clips")
     return [float(x) for x in scores]
