@@ -410,3 +410,20 @@ def test_npz_without_the_expected_key(tmp_path):
     np.savez(tmp_path / "clip_features" / "v0.npz", feats=np.ones((5, CLIP)))
     with pytest.raises(DataError, match=r"clip_features/v0\.npz has no array 'features'"):
         _build(qvh_config(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "override, pattern",
+    [
+        ({"dataset": "activitynet"}, r"config\.data\.dataset = 'activitynet' is not one of"),
+        ({"v_feat_format": "h5"}, r"config\.data\.v_feat_format must be one of"),
+        ({"t_feat_format": "txt"}, r"config\.data\.t_feat_format must be one of"),
+        ({"v_feat_dims": (SF,)}, r"v_feat_dirs has 2 entries but config\.data\.v_feat_dims has 1"),
+        ({"on_long_video": "skip"}, r"on_long_video must be 'truncate' or 'error'"),
+        ({"a_feat_dir": "pann_features"}, r"a_feat_dir is set but config\.data\.a_feat_dim is not"),
+    ],
+)
+def test_config_typos_are_reported(tmp_path, override, pattern):
+    write_qvh(tmp_path)
+    with pytest.raises(DataError, match=pattern):
+        _build(qvh_config(tmp_path, **override))
