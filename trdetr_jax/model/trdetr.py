@@ -34,11 +34,13 @@ class TextPositionEmbedding(nn.Module):
     """The official learned text position encoding: LayerNorm(x + E[pos]) -> Dropout.
 
     The official model builds it but never uses it (``use_txt_pos`` off): its params exist so
-    that checkpoints port, and stay untouched by training.
+    that checkpoints port (and training leaves them untouched); when disabled the text
+    position is zero and the length is not checked against ``max_len``.
     """
 
     max_len: int
     dropout_rate: float = 0.5
+    enabled: bool = False
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
@@ -50,11 +52,13 @@ class TextPositionEmbedding(nn.Module):
             (self.max_len, x.shape[-1]),
             self.param_dtype,
         )
+        norm = layer_norm(name="norm", dtype=self.dtype, param_dtype=self.param_dtype)
+        if not self.enabled:
+            norm(table[:1])  # creates the LayerNorm params; the result is unused
+            return jnp.zeros_like(x)
         if x.shape[1] > self.max_len:
             raise ValueError(f"text length {x.shape[1]} exceeds max_q_l {self.max_len}")
-        y = layer_norm(name="norm", dtype=self.dtype, param_dtype=self.param_dtype)(
-            x + table[None, : x.shape[1]].astype(x.dtype)
-        )
+        y = norm(x + table[None, : x.shape[1]].astype(x.dtype))
         return nn.Dropout(self.dropout_rate)(y, deterministic=not train)
 
 
@@ -130,12 +134,9 @@ class TRDETR(nn.Module):
         # Positions: sine for video (float32 island), zeros (or the unused learned table) for text.
         pos_vid = sine_position_embedding(src_vid_mask, d)  # [B, Lv, d] float32
         sow("inter_pos_vid", pos_vid)
-        txt_pos_module = TextPositionEmbedding(
-            self.max_q_l, self.input_dropout, name="txt_position_embed", **kw
-        )
-        txt_pos = txt_pos_module(txt, train=train)
-        if not self.use_txt_pos:
-            txt_pos = jnp.zeros_like(txt)
+        txt_pos = TextPositionEmbedding(
+            self.max_q_l, self.input_dropout, self.use_txt_pos, name="txt_position_embed", **kw
+        )(txt, train=train)  # [B, Lt, d], zeros unless use_txt_pos
         sow("inter_transformer_src", jnp.concatenate([fused, txt], axis=1))
         sow(
             "inter_transformer_pos",
