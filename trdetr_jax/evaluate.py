@@ -110,7 +110,8 @@ def _format(value) -> str:
     return "null" if value is None else f"{value}"
 
 
-def print_brief(metrics: dict, dataset: str, n_queries: int, file=sys.stdout) -> None:
+def print_brief(metrics: dict, dataset: str, n_queries: int, file=None) -> None:
+    file = file or sys.stdout
     print(f"{dataset}: {n_queries} ground-truth queries", file=file)
     rows = list(metrics["brief"].items())
     if "per_domain_mAP" in metrics:
