@@ -123,3 +123,10 @@ def test_bad_arguments():
         predictions_to_rows(*args, mode="dataset")
     with pytest.raises(ValueError, match="metas"):
         predictions_to_rows(*args[:4], args[4] * 2)
+
+
+def test_tvsum_detected_from_metas(reference_dir):
+    out, post, metas = _case(reference_dir, "small_tvsum")
+    args = (out["pred_logits"], out["pred_spans"], out["saliency_scores"], out["video_mask"])
+    rows = predictions_to_rows(*args, metas, mode="official")  # as a training loop calls it
+    assert [r["pred_saliency_scores"] for r in rows] == post["pred_saliency_scores"]

@@ -110,9 +110,9 @@ def _format(value) -> str:
     return "null" if value is None else f"{value}"
 
 
-def print_brief(metrics: dict, dataset: str, n_queries: int, file=None) -> None:
+def print_brief(metrics: dict, dataset: str, n_pred: int, n_gt: int, file=None) -> None:
     file = file or sys.stdout
-    print(f"{dataset}: {n_queries} ground-truth queries", file=file)
+    print(f"{dataset}: {n_pred} predictions, {n_gt} ground-truth queries", file=file)
     rows = list(metrics["brief"].items())
     if "per_domain_mAP" in metrics:
         rows += [(f"mAP[{d}]", v) for d, v in metrics["per_domain_mAP"].items()]
@@ -156,7 +156,7 @@ def run(argv=None) -> int:
             kind = "note" if issubclass(w.category, EvaluationNote) else "warning"
             print(f"{kind}: {w.message}", file=sys.stderr)
         dataset = args.dataset or _detected(gt)
-        print_brief(metrics, dataset, len(gt))
+        print_brief(metrics, dataset, len(rows), len(gt))
         if args.out:
             write_text_atomic(args.out, dumps_metrics(metrics))
             print(f"metrics written to {args.out}")

@@ -19,13 +19,13 @@ def cross_iou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     pred: [N, 2], gt: [M, 2] float64 -> [N, M]. ``union = len_p + len_g - inter`` with IEEE
     semantics and no guard: 0/0 gives NaN and 0/negative gives -0.0.
     """
-    len_p = pred[:, 1] - pred[:, 0]  # [N]
-    len_g = gt[:, 1] - gt[:, 0]  # [M]
-    left = np.maximum(pred[:, None, 0], gt[None, :, 0])  # [N, M]
-    right = np.minimum(pred[:, None, 1], gt[None, :, 1])  # [N, M]
-    inter = np.clip(right - left, 0, None)  # [N, M]
-    union = len_p[:, None] + len_g[None, :] - inter  # [N, M]
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(all="ignore"):  # IEEE results are the definition, even NaN
+        len_p = pred[:, 1] - pred[:, 0]  # [N]
+        len_g = gt[:, 1] - gt[:, 0]  # [M]
+        left = np.maximum(pred[:, None, 0], gt[None, :, 0])  # [N, M]
+        right = np.minimum(pred[:, None, 1], gt[None, :, 1])  # [N, M]
+        inter = np.clip(right - left, 0, None)  # [N, M]
+        union = len_p[:, None] + len_g[None, :] - inter  # [N, M]
         return inter / union
 
 
@@ -36,6 +36,9 @@ def hull_iou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     is 0. Equal to `cross_iou` for overlapping valid windows in exact arithmetic, not
     always as a double (e.g. [6.1, 16.1] vs [6.2, 13.3]: 0.7100000000000001 vs 0.71).
     """
-    inter = np.maximum(0, np.minimum(pred[:, 1], gt[:, 1]) - np.maximum(pred[:, 0], gt[:, 0]))
-    union = np.maximum(pred[:, 1], gt[:, 1]) - np.minimum(pred[:, 0], gt[:, 0])  # [N]
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union != 0)
+    with np.errstate(all="ignore"):
+        inter = np.maximum(
+            0, np.minimum(pred[:, 1], gt[:, 1]) - np.maximum(pred[:, 0], gt[:, 0])
+        )  # [N]
+        union = np.maximum(pred[:, 1], gt[:, 1]) - np.minimum(pred[:, 0], gt[:, 0])  # [N]
+        return np.divide(inter, union, out=np.zeros_like(inter), where=union != 0)

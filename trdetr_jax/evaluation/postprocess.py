@@ -104,7 +104,8 @@ def predictions_to_rows(
     nms_thd: temporal NMS threshold; None or negative (the official -1) means no NMS. NMS
     keeps at most `max_after_nms` of the first `max_before_nms` windows.
     dataset: 'tvsum' keeps float32 saliency in both modes (the official TVSum evaluation
-    reads the model's float32 scores directly).
+    reads the model's float32 scores directly); None detects TVSum from the metas (TVSum
+    annotation rows carry a 'label' matrix).
     snap: False stops before step 4 and NMS (the rows as the official inference has them
     before its post-processor), for inspection and tests.
     """
@@ -126,6 +127,8 @@ def predictions_to_rows(
         dtype = spans.dtype if spans.dtype.kind == "f" else np.dtype(np.float32)
         spans = spans.astype(dtype, copy=False)
         scores = foreground_prob(np.asarray(pred_logits, dtype=dtype))  # [B, nq]
+    if dataset is None and metas and metas[0].get("label") is not None:
+        dataset = "tvsum"
     if saliency_scores is not None:
         if video_mask is None:
             raise ValueError("saliency_scores need video_mask to know each video's clips")

@@ -37,7 +37,8 @@ def top5_average_precision(pred: np.ndarray, label: np.ndarray) -> list:
     pred: [n_pred] scores (cast to float32); label: [n, 20] annotator scores (float32).
     Returns Python numbers (0 where the top 5 hold no positive), in annotator order.
     """
-    scores = np.asarray(pred, dtype=np.float32)[: len(label)]
+    with np.errstate(over="ignore"):  # scores beyond float32 range become +-inf
+        scores = np.asarray(pred, dtype=np.float32)[: len(label)]
     order = np.argsort(-scores, kind="stable")  # [n'] descending score
     aps = []
     for i in range(label.shape[1]):

@@ -15,7 +15,9 @@ Two kinds of problems:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import sys
 import warnings
 
 import numpy as np
@@ -29,6 +31,7 @@ DATASETS = ("qvhighlights", "charades", "tvsum")
 WINDOWS = "pred_relevant_windows"
 SALIENCY = "pred_saliency_scores"
 TVSUM_ANNOTATORS = 20
+MAX_CLIPS = 10**6  # a sanity bound on floor(duration / 2) before allocating scores
 
 
 class OddPredictionWarning(UserWarning):
@@ -39,15 +42,20 @@ class EvaluationNote(UserWarning):
     """Information about what is (not) evaluated, e.g. a prediction field that is ignored."""
 
 
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+def _number_problem(x) -> str | None:
+    """Why x is not a usable JSON number, or None. Fast for the common case."""
+    t = type(x)
+    if t is float:
+        return None if math.isfinite(x) else "must be finite"
+    if t is int:
+        return None if abs(x) <= sys.float_info.max else "must fit in a double"
+    return "must be a number"
 
 
 def _check_number(x, loc: str, what: str):
-    if not _is_number(x):
-        raise EvalInputError(f"{loc}: {what} must be a number, got {_describe(x)}")
-    if isinstance(x, float) and not math.isfinite(x):
-        raise EvalInputError(f"{loc}: {what} must be finite, got {x}")
+    problem = _number_problem(x)
+    if problem:
+        raise EvalInputError(f"{loc}: {what} {problem}, got {_describe(x)}")
 
 
 def _describe(x) -> str:
@@ -127,7 +135,7 @@ def parse_ground_truth(gt: JsonlFile, dataset: str | None = None) -> GroundTruth
                 f"{where(gt.source, line, qid)}: duplicated qid (first on line {first_line[qid]})"
             )
         first_line[qid] = line
-        loc = lambda f, _l=line, _q=qid: where(gt.source, _l, _q, f)  # noqa: E731
+        loc = functools.partial(where, gt.source, line, qid)  # loc(field) -> location text
         if "duration" not in row:
             raise EvalInputError(f"{loc('duration')}: required field is missing")
         _check_number(row["duration"], loc("duration"), "the duration")
@@ -172,6 +180,11 @@ def _gt_saliency(row: dict, loc) -> np.ndarray:
             f"({len(ids)}), got {_describe(scores)}"
         )
     n = int(row["duration"] / CLIP_SECONDS)
+    if n > MAX_CLIPS:
+        raise EvalInputError(
+            f"{loc('duration')}: {row['duration']} s is {n} clips of {CLIP_SECONDS} s; more "
+            f"than {MAX_CLIPS} is not a video"
+        )
     for k, c in enumerate(ids):
         if not isinstance(c, int) or isinstance(c, bool) or not 0 <= c < n:
             raise EvalInputError(
@@ -194,7 +207,7 @@ def _tvsum_label(row: dict, loc):
         not isinstance(label, list)
         or not label
         or not all(
-            isinstance(r, list) and len(r) == TVSUM_ANNOTATORS and all(_is_number(x) for x in r)
+            isinstance(r, list) and len(r) == TVSUM_ANNOTATORS and not any(map(_number_problem, r))
             for r in label
         )
     ):
@@ -343,16 +356,6 @@ def _qid_type_hint(qid, known) -> str:
     if isinstance(qid, int) and isinstance(sample, str) and str(qid) in known:
         return " (the ground truth uses string qids; this one is an integer)"
     return ""
-
-
-def _number_problem(x) -> str | None:
-    """Why x is not a usable JSON number, or None. Fast for the common case."""
-    t = type(x)
-    if t is float:
-        return None if math.isfinite(x) else "must be finite"
-    if t is int:
-        return None
-    return "must be a number"
 
 
 def _pred_windows(windows, at, duration, tally: _OddTally) -> list:
