@@ -362,3 +362,10 @@ def test_cli_as_module(files):
     assert proc.stderr.strip().splitlines() == [
         f"error: {pred}:1: malformed JSON (Expecting value at column 1)"
     ]
+
+
+def test_empty_inputs():
+    assert "there are no predictions" in error_of([])
+    assert "the ground truth has no rows" in error_of(good_rows(), [])
+    assert "unknown dataset 'hl'" in error_of(good_rows(), dataset="hl")
+    assert "expected a JSON object" in error_of([["qid", 1]])

@@ -34,6 +34,13 @@ from trdetr_jax.evaluation import (
 )
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m trdetr_jax.evaluate",
@@ -56,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--tvsum-videos-per-batch",
-        type=int,
+        type=_positive_int,
         metavar="N",
         help="TVSum: reproduce the official bug that scores only the last video of each "
         "batch of N (default: every video counts)",

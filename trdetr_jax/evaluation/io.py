@@ -118,6 +118,7 @@ def write_text_atomic(path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a metrics file is for everyone to read
         os.replace(tmp, path)
     except BaseException:
         try:

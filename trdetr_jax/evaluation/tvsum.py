@@ -67,6 +67,8 @@ def tvsum_metrics(pred: dict, labels: dict, domains: dict, *, videos_per_batch=N
     pred: {qid: scores}; labels: {qid: [n, 20]} and domains: {qid: domain}, in ground-truth
     order (the official evaluation order). Domains without a predicted video are left out.
     """
+    if videos_per_batch is not None and videos_per_batch < 1:
+        raise ValueError(f"videos_per_batch must be a positive integer, got {videos_per_batch}")
     per_domain = {}
     for domain in sorted(set(domains.values())):
         videos = [q for q in labels if domains[q] == domain and q in pred]

@@ -99,6 +99,8 @@ class GroundTruth:
 def detect_dataset(gt: JsonlFile) -> str:
     """'tvsum' when rows carry a `label` matrix, 'qvhighlights' when they carry saliency
     annotations, 'charades' when they carry only `relevant_windows`."""
+    if not gt.rows:
+        raise EvalInputError(f"{gt.source}: the ground truth has no rows")
     first = gt.rows[0]
     if first.get("label") is not None:
         return "tvsum"
@@ -115,6 +117,8 @@ def detect_dataset(gt: JsonlFile) -> str:
 
 def parse_ground_truth(gt: JsonlFile, dataset: str | None = None) -> GroundTruth:
     """Validate ground-truth rows for `dataset` (detected when None)."""
+    if not gt.rows:
+        raise EvalInputError(f"{gt.source}: the ground truth has no rows")
     if dataset is None:
         dataset = detect_dataset(gt)
     if dataset not in DATASETS:
@@ -271,6 +275,8 @@ def parse_submission(
     first row. Raises EvalInputError for structural problems (and, with `strict`, for odd
     predictions); otherwise warns once (OddPredictionWarning) if anything was odd.
     """
+    if not sub.rows:
+        raise EvalInputError(f"{sub.source}: there are no predictions")
     known = gt.labels if gt.dataset == "tvsum" else gt.windows
     tally = _OddTally(sub.source)
     first = sub.rows[0]
