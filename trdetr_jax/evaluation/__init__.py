@@ -2,7 +2,7 @@
 
 Host-side NumPy (binary64) only; nothing here needs JAX. Typical use from a training loop::
 
-    from trdetr_jax.evaluation import evaluate_submission, predictions_to_rows
+    from trdetr_jax.evaluation import SELECTION_KEYS, evaluate_submission, predictions_to_rows
     rows = predictions_to_rows(out["pred_logits"], out["pred_spans"], out["saliency_scores"],
                                out["video_mask"], metas, mode="official")
     metrics = evaluate_submission(rows, gt_rows)          # dataset detected from gt_rows
