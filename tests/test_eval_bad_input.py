@@ -369,3 +369,23 @@ def test_empty_inputs():
     assert "the ground truth has no rows" in error_of(good_rows(), [])
     assert "unknown dataset 'hl'" in error_of(good_rows(), dataset="hl")
     assert "expected a JSON object" in error_of([["qid", 1]])
+
+
+def test_in_memory_rows_with_numpy_values():
+    import numpy as np
+
+    rows = good_rows()
+    rows[0]["qid"] = np.int64(1)
+    rows[0]["pred_relevant_windows"] = np.array(rows[0]["pred_relevant_windows"], np.float32)
+    rows[1]["pred_relevant_windows"] = [tuple(w) for w in rows[1]["pred_relevant_windows"]]
+    rows[1]["pred_saliency_scores"] = np.ones(15)
+    assert evaluate_submission(rows, GT) == evaluate_submission(good_rows(), GT)
+
+
+def test_json_array_file_and_byte_order_mark(files):
+    write, _ = files
+    pred = write([json.dumps(good_rows())])
+    with pytest.raises(EvalInputError, match="looks like one JSON array, expected JSON lines"):
+        read_jsonl(pred)
+    pred.write_bytes(b"\xef\xbb\xbf" + pred.read_bytes()[1:-2].replace(b"}, {", b"}\n{") + b"\n")
+    assert len(read_jsonl(pred)) == 2

@@ -58,7 +58,7 @@ def read_jsonl(path, *, what: str = "file") -> JsonlFile:
     """
     source = str(path)
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # tolerate a byte-order mark
             text_lines = f.readlines()
     except FileNotFoundError:
         raise EvalInputError(f"{what} not found: {source}") from None
@@ -76,22 +76,31 @@ def read_jsonl(path, *, what: str = "file") -> JsonlFile:
         try:
             obj = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
         except json.JSONDecodeError as e:
+            hint = _array_hint(text) if not rows else ""
             raise EvalInputError(
-                f"{source}:{i}: malformed JSON ({e.msg} at column {e.colno})"
+                f"{source}:{i}: malformed JSON ({e.msg} at column {e.colno}){hint}"
             ) from None
         except ValueError as e:
             raise EvalInputError(f"{source}:{i}: {e}") from None
         except RecursionError:
             raise EvalInputError(f"{source}:{i}: JSON nested too deeply") from None
         if not isinstance(obj, dict):
+            hint = _array_hint(text) if not rows else ""
             raise EvalInputError(
-                f"{source}:{i}: expected one JSON object per line, got a JSON {_json_type(obj)}"
+                f"{source}:{i}: expected one JSON object per line, got a JSON "
+                f"{_json_type(obj)}{hint}"
             )
         rows.append(obj)
         lines.append(i)
     if not rows:
         raise EvalInputError(f"{what} {source} contains no JSON lines")
     return JsonlFile(source, rows, lines)
+
+
+def _array_hint(first_line: str) -> str:
+    if first_line.lstrip().startswith("["):
+        return "; this looks like one JSON array, expected JSON lines (one object per line)"
+    return ""
 
 
 def _json_type(obj) -> str:

@@ -43,12 +43,15 @@ class EvaluationNote(UserWarning):
 
 
 def _number_problem(x) -> str | None:
-    """Why x is not a usable JSON number, or None. Fast for the common case."""
+    """Why x is not a usable number, or None. JSON gives int/float; rows built in memory
+    may also hold NumPy scalars. Fast for the common case."""
     t = type(x)
     if t is float:
         return None if math.isfinite(x) else "must be finite"
     if t is int:
         return None if abs(x) <= sys.float_info.max else "must fit in a double"
+    if isinstance(x, (np.floating, np.integer)):
+        return None if np.isfinite(x) else "must be finite"
     return "must be a number"
 
 
@@ -72,6 +75,8 @@ def _check_qid(row: dict, source: str, line: int):
     if "qid" not in row:
         raise EvalInputError(f"{where(source, line, field='qid')}: required field is missing")
     qid = row["qid"]
+    if isinstance(qid, np.integer):  # rows built in memory
+        qid = int(qid)
     if isinstance(qid, bool) or not isinstance(qid, (int, str)):
         raise EvalInputError(
             f"{where(source, line, field='qid')}: must be an integer or a string, got "
@@ -367,7 +372,9 @@ def _qid_type_hint(qid, known) -> str:
 def _pred_windows(windows, at, duration, tally: _OddTally) -> list:
     """[[st, ed, score], ...] as floats; `at` = (source, line, qid)."""
     source, line, qid = at
-    if not isinstance(windows, list):
+    if isinstance(windows, np.ndarray):  # rows built in memory
+        windows = windows.tolist()
+    if not isinstance(windows, (list, tuple)):
         raise EvalInputError(
             f"{where(source, line, qid, WINDOWS)}: expected a list of [start, end, score], "
             f"got {_describe(windows)}"
@@ -375,7 +382,7 @@ def _pred_windows(windows, at, duration, tally: _OddTally) -> list:
     out = []
     for k, w in enumerate(windows):
         field = f"{WINDOWS}[{k}]"
-        if type(w) is not list or len(w) != 3:
+        if not isinstance(w, (list, tuple)) or len(w) != 3:
             raise EvalInputError(
                 f"{where(source, line, qid, field)}: expected [start, end, score], got "
                 f"{_describe(w)}"
@@ -419,7 +426,9 @@ def _pred_windows(windows, at, duration, tally: _OddTally) -> list:
 def _pred_saliency(scores, at, n_clips: int, tally: _OddTally) -> list:
     """Scores as floats; `at` = (source, line, qid)."""
     source, line, qid = at
-    if not isinstance(scores, list):
+    if isinstance(scores, np.ndarray):  # rows built in memory
+        scores = scores.tolist()
+    if not isinstance(scores, (list, tuple)):
         raise EvalInputError(
             f"{where(source, line, qid, SALIENCY)}: expected a list of numbers, got "
             f"{_describe(scores)}"
