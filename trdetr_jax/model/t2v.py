@@ -25,6 +25,7 @@ from trdetr_jax.model.layers import Dtype, layer_norm
 
 def t2v_attention_valid(vid_mask, txt_mask, nheads: int, compat: str) -> jax.Array:
     """Boolean [B, H, Lv, Lt] (True = may attend) for the text-to-video attention."""
+    vid_mask, txt_mask = jnp.asarray(vid_mask), jnp.asarray(txt_mask)
     key_valid = (txt_mask > 0)[:, None, None, :]  # [B, 1, 1, Lt]
     if compat != "official":
         return key_valid

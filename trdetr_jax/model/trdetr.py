@@ -99,6 +99,9 @@ class TRDETR(nn.Module):
         if self.compat not in COMPAT_MODES:
             raise ValueError(f"compat must be one of {COMPAT_MODES}, got {self.compat!r}")
         official = self.compat == "official"
+        src_txt, src_txt_mask, src_vid, src_vid_mask = map(
+            jnp.asarray, (src_txt, src_txt_mask, src_vid, src_vid_mask)
+        )
         d = self.hidden_dim
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         tx = dict(
