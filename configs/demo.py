@@ -25,13 +25,14 @@ def get_config(arg=None):
     config.model.dec_layers = 1  # small model for CPU
     config.model.dim_feedforward = 256  # small model for CPU (hidden_dim stays 256: sine embedding)
     config.model.n_input_proj = 2  # as the official model
-    config.train.num_epochs = 30  # short CPU run
+    config.train.num_epochs = 20  # short CPU run
     config.train.batch_size = 16  # small dataset
     config.train.eval_batch_size = 50  # two evaluation batches
     config.train.eval_every_epochs = 5  # evaluation interval
     config.train.log_every_steps = 10  # a few log lines per epoch
     config.train.checkpoint_every_steps = 100  # save the latest state often
     config.optim.lr = 3e-4  # faster convergence on the easy demo task
+    config.eval.postprocess = "dataset"  # clamp windows to each video's duration
     if "tiny" in parse_arg(arg):
         apply_tiny(config)
     return config

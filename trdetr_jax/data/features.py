@@ -81,8 +81,8 @@ def _check_dim(arr: np.ndarray, expected: int, key: str, path: str) -> None:
 class FeatureStore:
     """Reads, checks and normalises features; optionally keeps the results in memory.
 
-    Args mirror ``config.data``. ``preload``: cache every processed array after its first
-    read (the caller may warm the cache up front with :meth:`warm`). ``on_long_video``:
+    Args mirror ``config.data``. ``preload``: keep every processed array in memory after its
+    first read (so only the first epoch touches the disk). ``on_long_video``:
     'truncate' (cut to ``max_v_l``, one warning per store) or 'error'.
     """
 
@@ -157,13 +157,6 @@ class FeatureStore:
         with self._lock:
             self.preload = False
             self._cache.clear()
-
-    def warm(self, vids, qids) -> None:
-        """Read everything now (used when ``preload`` is on and the data fits in memory)."""
-        for vid in vids:
-            self.video(vid)
-        for qid in qids:
-            self.text(qid)
 
     # ----------------------------------------------------------------- private
     def _cached(self, key, load):
