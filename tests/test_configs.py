@@ -11,6 +11,9 @@ from ml_collections import config_flags
 
 from trdetr_jax import annotations, data
 
+# config_flags loads config files with the deprecated importlib load_module().
+pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if not p.stem.startswith("_"))
 REQUIRED = [
