@@ -146,7 +146,7 @@ def train_step(
     new_state = state.apply_gradients(grads)
     metrics = {k: jnp.asarray(v, jnp.float32) for k, v in loss_dict.items()}
     metrics["loss"] = loss.astype(jnp.float32)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
     return new_state, metrics
 

@@ -1,0 +1,212 @@
+"""Interrupted runs resume exactly; a non-finite loss stops cleanly; partial saves are ignored."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from _tiny_run import ROOT, enable_compilation_cache, tiny_config
+
+from trdetr_jax import checkpointing, train
+
+
+class Interrupt(Exception):
+    """Stands in for a crash / preemption at a chosen step."""
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("resume")
+    enable_compilation_cache(path / "xla")
+    yield path
+    enable_compilation_cache(None)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cache_dir):
+    """8 steps (2 epochs of 4), checkpoint every 3 steps, evaluation after each epoch."""
+    workdir = cache_dir / "uninterrupted"
+    summary = train.train_and_evaluate(tiny_config(cache_dir / "demo"), str(workdir))
+    return workdir, summary
+
+
+def saved(workdir):
+    """(params, loop state) of the latest checkpoint of a run."""
+    ckpt = checkpointing.RunCheckpoints(workdir / "checkpoints", read_only=True)
+    step = ckpt.latest_step()
+    restored = ckpt.manager.restore(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardRestore(), loop=ocp.args.JsonRestore()),
+    )
+    ckpt.close()
+    return restored["state"]["params"], restored["loop"]
+
+
+def records(workdir):
+    """metrics.jsonl without the wall-clock field."""
+    out = []
+    for line in (workdir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        record.pop("steps_per_sec", None)
+        out.append(record)
+    return out
+
+
+def interrupt_at(monkeypatch, call: int):
+    """Makes the ``call``-th train step of the next run raise (after earlier saves)."""
+    build = train.build_steps
+
+    def patched(*args, **kwargs):
+        steps = build(*args, **kwargs)
+        step_fn, calls = steps.train, [0]
+
+        def train_fn(*a):
+            calls[0] += 1
+            if calls[0] == call:
+                raise Interrupt(f"interrupted at train call {call}")
+            return step_fn(*a)
+
+        steps.train = train_fn
+        return steps
+
+    monkeypatch.setattr(train, "build_steps", patched)
+
+
+def assert_same_run(a, b):
+    params_a, loop_a = saved(a)
+    params_b, loop_b = saved(b)
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y), params_a, params_b)
+    loop_a.pop("log_sums"), loop_b.pop("log_sums")
+    assert loop_a == loop_b
+    assert records(a) == records(b)
+    assert (a / "best_val_preds.jsonl").read_text() == (b / "best_val_preds.jsonl").read_text()
+
+
+def test_uninterrupted_run_writes_its_outputs(uninterrupted):
+    workdir, summary = uninterrupted
+    for name in ("config.json", "train.log", "metrics.jsonl", "summary.json"):
+        assert (workdir / name).is_file(), name
+    assert (workdir / "best_val_preds.jsonl").is_file()
+    assert (workdir / "best_val_preds_metrics.json").is_file()
+    assert summary["steps"] == 8 and summary["epochs"] == 2
+    kinds = [r["type"] for r in records(workdir)]
+    assert kinds.count("eval") == 2 and kinds.count("train") == 4
+    rows = [json.loads(x) for x in (workdir / "best_val_preds.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and {"qid", "pred_relevant_windows", "pred_saliency_scores"} <= set(
+        rows[0]
+    )
+    # Latest and best are kept, nothing else.
+    ckpt = checkpointing.RunCheckpoints(workdir / "checkpoints", read_only=True)
+    assert ckpt.latest_step() == 8
+    assert set(ckpt.manager.all_steps()) == {8, summary["best_step"]}
+
+
+@pytest.mark.parametrize("call", [2, 7], ids=["first-epoch", "mid-second-epoch"])
+def test_interrupted_run_resumes_to_the_same_result(
+    uninterrupted, cache_dir, tmp_path, monkeypatch, call
+):
+    workdir = tmp_path / "run"
+    interrupt_at(monkeypatch, call)
+    with pytest.raises(Interrupt):
+        train.train_and_evaluate(tiny_config(cache_dir / "demo"), str(workdir))
+    monkeypatch.undo()
+    summary = train.train_and_evaluate(tiny_config(cache_dir / "demo"), str(workdir))
+    assert "resuming" in (workdir / "train.log").read_text() or call <= 3
+    assert summary["best_score"] == uninterrupted[1]["best_score"]
+    assert_same_run(uninterrupted[0], workdir)
+
+
+def test_rerunning_a_finished_run_trains_no_more(uninterrupted, cache_dir):
+    workdir, summary = uninterrupted
+    again = train.train_and_evaluate(tiny_config(cache_dir / "demo"), str(workdir))
+    assert again["steps"] == summary["steps"] and again["best_score"] == summary["best_score"]
+
+
+def test_partial_checkpoint_is_never_picked_up(uninterrupted, cache_dir, tmp_path):
+    import shutil
+
+    workdir = tmp_path / "run"
+    shutil.copytree(uninterrupted[0], workdir)
+    ckpts = workdir / "checkpoints"
+    # What a process killed in the middle of saving step 9 leaves behind.
+    partial = ckpts / "9.orbax-checkpoint-tmp-1700000000"
+    shutil.copytree(ckpts / "8", partial)
+    (partial / "state").joinpath("garbage").write_text("half-written")
+    ckpt = checkpointing.RunCheckpoints(ckpts)
+    assert ckpt.latest_step() == 8
+    ckpt.close()
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(cache_dir, tmp_path, monkeypatch):
+    workdir = tmp_path / "run"
+    batches = train.train_batches
+
+    def poisoned(ds, batch_size, *, seed, epoch, start_step):
+        for i, batch in enumerate(
+            batches(ds, batch_size, seed=seed, epoch=epoch, start_step=start_step)
+        ):
+            if epoch == 1 and start_step + i == 1:  # global step 6
+                batch = dict(batch, src_vid=np.full_like(batch["src_vid"], np.nan))
+            yield batch
+
+    monkeypatch.setattr(train, "train_batches", poisoned)
+    with pytest.raises(train.NonFiniteLossError, match=r"loss became nan at step 6.*checkpoint"):
+        train.train_and_evaluate(tiny_config(cache_dir / "demo"), str(workdir))
+    params, loop = saved(workdir)
+    assert loop["step"] == 4  # the save due at step 6 did not happen
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
+
+
+@pytest.mark.slow
+def test_sigkill_and_rerun_gives_the_same_result(uninterrupted, cache_dir, tmp_path):
+    """A real ``kill -9`` of ``python -m trdetr_jax.main`` after its first checkpoint."""
+    workdir = tmp_path / "run"
+    c = tiny_config(cache_dir / "demo")
+    d = c.data.demo
+    overrides = {
+        "data.cache_dir": c.data.cache_dir,
+        "data.demo.n_train": d.n_train,
+        "data.demo.n_val": d.n_val,
+        "data.demo.v_dims": f"({d.v_dims[0]},{d.v_dims[1]})",
+        "data.demo.t_dim": d.t_dim,
+        "data.demo.min_clips": d.min_clips,
+        "data.demo.max_clips": d.max_clips,
+        "data.demo.min_query_len": d.min_query_len,
+        "data.demo.max_query_len": d.max_query_len,
+        "data.max_v_l": c.data.max_v_l,
+        "data.max_q_l": c.data.max_q_l,
+        "model.enc_layers": 1,
+        "model.dec_layers": 1,
+        "model.dim_feedforward": c.model.dim_feedforward,
+        "model.num_queries": c.model.num_queries,
+        "train.num_epochs": c.train.num_epochs,
+        "train.batch_size": c.train.batch_size,
+        "train.eval_batch_size": c.train.eval_batch_size,
+        "train.eval_every_epochs": c.train.eval_every_epochs,
+        "train.log_every_steps": c.train.log_every_steps,
+        "train.checkpoint_every_steps": c.train.checkpoint_every_steps,
+        "optim.lr": c.optim.lr,
+        "eval.postprocess": c.eval.postprocess,
+    }
+    cmd = [sys.executable, "-m", "trdetr_jax.main", f"--workdir={workdir}"]
+    cmd += [f"--config.{k}={v}" for k, v in overrides.items()]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if (workdir / "checkpoints" / "3").is_dir():
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, stderr=subprocess.DEVNULL)
+    assert_same_run(uninterrupted[0], workdir)

@@ -1,0 +1,138 @@
+"""The sharded train / eval steps: learning, device-count invariance, one compilation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from _tiny_run import enable_compilation_cache, tiny_config
+
+from trdetr_jax import train
+from trdetr_jax.model import TRDETR, model_kwargs_from_config
+
+
+@dataclasses.dataclass
+class Setup:
+    config: object
+    steps: train.Steps
+    batches: list  # local numpy batches of epoch 0
+    traces: list  # one entry per trace of the loss function
+
+
+def build(config, devices) -> Setup:
+    config, train_ds, _ = train.load_datasets(config)
+    mesh = train.make_mesh(devices)
+    bs = config.train.batch_size
+    n_steps = train.steps_per_epoch(train_ds, bs)
+    traces = []
+    loss_fn = train.make_loss_fn(config, mesh)
+
+    def counting_loss_fn(*args, **kwargs):
+        traces.append(1)  # runs while tracing only
+        return loss_fn(*args, **kwargs)
+
+    steps = train.build_steps(
+        mesh,
+        TRDETR(**model_kwargs_from_config(config)),
+        train.make_optimizer(config, n_steps),
+        counting_loss_fn,
+        train.lr_schedule(config, n_steps),
+        train.abstract_batch(train_ds, bs),
+    )
+    batches = list(train.train_batches(train_ds, bs, seed=config.seed, epoch=0, start_step=0))
+    return Setup(config, steps, batches, traces)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("train")
+    enable_compilation_cache(path / "xla")
+    yield path
+    enable_compilation_cache(None)
+
+
+@pytest.fixture(scope="module")
+def one_device(cache_dir):
+    return build(tiny_config(cache_dir / "demo"), jax.devices()[:1])
+
+
+def run(setup: Setup, batches, n_steps: int):
+    state = setup.steps.init(jax.random.key(0))
+    rng = jax.random.key(1)
+    losses = []
+    for i in range(n_steps):
+        batch = train.device_batch(batches[i % len(batches)], setup.steps.data)
+        state, metrics = setup.steps.train(state, batch, rng)
+        losses.append(float(metrics["loss"]))
+    return state, losses
+
+
+def test_a_few_steps_lower_the_loss(one_device):
+    batch = train.device_batch(one_device.batches[0], one_device.steps.data)
+    loss_fn = train.make_loss_fn(one_device.config, one_device.steps.mesh)
+    model = TRDETR(**model_kwargs_from_config(one_device.config))
+    eval_loss = jax.jit(lambda p, b: loss_fn(p, model, b, train=False)[0])
+    state0 = one_device.steps.init(jax.random.key(0))
+    before = float(eval_loss(state0.params, batch))
+    state, losses = run(one_device, one_device.batches[:1], 8)
+    after = float(eval_loss(state.params, batch))
+    assert np.all(np.isfinite(losses))
+    assert after < 0.8 * before, (before, after, losses)
+    assert int(state.step) == 8
+
+
+def test_train_step_compiles_once(one_device):
+    one_device.traces.clear()
+    run(one_device, one_device.batches, 3)
+    # Tracing happens once; later steps (new data, new state) reuse the compiled step.
+    assert len(one_device.traces) <= 1
+    run(one_device, one_device.batches, 2)
+    assert len(one_device.traces) <= 1
+
+
+def test_four_devices_give_the_loss_of_one(one_device, cache_dir):
+    assert len(jax.devices()) >= 4, "conftest.py asks XLA for 4 host devices"
+    four = build(tiny_config(cache_dir / "demo"), jax.devices()[:4])
+    assert four.steps.mesh.devices.size == 4
+    batch = train.device_batch(four.batches[0], four.steps.data)
+    # The global batch of 4 really is split: one example per device.
+    assert {s.data.shape[0] for s in batch["src_vid"].addressable_shards} == {1}
+    state1, losses1 = run(one_device, one_device.batches, 3)
+    state4, losses4 = run(four, four.batches, 3)
+    np.testing.assert_allclose(losses4, losses1, rtol=2e-5)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5),
+        state4.params,
+        state1.params,
+    )
+
+
+def test_batch_size_not_divisible_by_devices(cache_dir, tmp_path):
+    config = tiny_config(cache_dir / "demo")
+    config.train.batch_size = 6  # 4 host devices in tests
+    with pytest.raises(ValueError, match=r"batch_size=6 is not divisible .* devices \(4\)"):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_eval_batch_size_rounds_up_and_predicts_every_query(one_device):
+    _, _, eval_ds = train.load_datasets(one_device.config)
+    state = one_device.steps.init(jax.random.key(0))
+    rows = train.predict_split(
+        one_device.steps.eval, one_device.steps.data, state.params, eval_ds, one_device.config, 4
+    )
+    assert [r["qid"] for r in rows] == [r["qid"] for r in eval_ds.rows]
+    assert all(len(r["pred_relevant_windows"]) == 4 for r in rows)  # num_queries
+
+
+def test_progress_bar_writes_rate_and_eta():
+    import io
+
+    stream = io.StringIO()
+    bar = train.ProgressBar(total=10, stream=stream)
+    for i in range(1, 11):
+        bar.update(i, "loss 1.0")
+    bar.close()
+    text = stream.getvalue()
+    assert "10/10" in text and "step/s" in text and "ETA" in text
