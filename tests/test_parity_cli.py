@@ -1,0 +1,90 @@
+"""The parity CLI on the reference fixtures: table, exit status, --dump, a perturbed param."""
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+GROUPS = ("outputs", "intermediates", "matching", "losses", "grads", "step")
+
+
+def _run(fixture, *extra):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run(
+        [sys.executable, "-m", "trdetr_jax.parity", str(fixture), *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+
+
+def _table(stdout):
+    rows = {}
+    for line in stdout.splitlines():
+        cells = line.split()
+        if cells and cells[0] in GROUPS:
+            rows[cells[0]] = line
+    return rows
+
+
+@pytest.mark.parametrize(
+    "case", ["small_tvsum", "small_qvh_f64", pytest.param("qvh_video_s0", marks=pytest.mark.slow)]
+)
+def test_cli_passes_on_fixture(reference_dir, tmp_path, case):
+    dump = tmp_path / "dump.npz"
+    res = _run(reference_dir / case, "--dump", str(dump))
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = _table(res.stdout)
+    assert set(rows) == set(GROUPS), res.stdout
+    assert "all groups within tolerance" in res.stdout
+    if case == "small_tvsum":
+        assert "skipped" in rows["matching"]
+    else:
+        assert " ok " in rows["matching"]
+    for g in ("outputs", "losses", "grads", "step"):
+        assert " ok " in rows[g], rows[g]
+
+    with np.load(dump) as d:
+        keys = set(d.files)
+        with np.load(reference_dir / case / "params.npz") as p:
+            params = set(p.files)
+        assert {f"grad/{k}" for k in params} <= keys
+        assert {f"step/{k}" for k in params} <= keys
+        for k in ("loss/total_loss", "loss/VTC_loss", "loss/CTC_loss", "loss/loss_saliency"):
+            assert d[k].shape == ()
+        with np.load(reference_dir / case / "outputs.npz") as o:
+            for k in ("pred_logits", "pred_spans", "saliency_scores", "src_vid_ed"):
+                np.testing.assert_allclose(d[k], o[k], atol=1e-4)
+        with np.load(reference_dir / case / "matching.npz") as m:
+            for k in m.files:
+                if "_idx_" in k:
+                    np.testing.assert_array_equal(d[k], m[k])
+
+
+def test_cli_fails_on_perturbed_param(reference_dir, tmp_path):
+    src = reference_dir / "small_tvsum"
+    fixture = tmp_path / "perturbed"
+    fixture.mkdir()
+    for name in ("inputs.npz", "outputs.npz", "losses.json", "config.json", "matching.npz"):
+        shutil.copy(src / name, fixture / name)
+    with np.load(src / "params.npz") as z:
+        params = {k: z[k] for k in z.files}
+    params["input_vid_proj.1.net.1.bias"] = params["input_vid_proj.1.net.1.bias"] + 1e-2
+    np.savez(fixture / "params.npz", **params)
+    res = _run(fixture)
+    assert res.returncode == 1, res.stdout + res.stderr
+    rows = _table(res.stdout)
+    assert "FAIL" in rows["outputs"] and "FAIL" in rows["losses"]
+    assert "skipped" in rows["grads"] and "skipped" in rows["step"]  # no grads/step files
+
+
+def test_cli_reports_unreadable_folder(tmp_path):
+    res = _run(tmp_path)
+    assert res.returncode == 2
+    assert "params.npz is missing" in res.stderr
