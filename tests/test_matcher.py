@@ -109,7 +109,7 @@ def test_inside_jit_and_grad_all_layers_one_callback(monkeypatch):
         tgt = jnp.take_along_axis(jnp.asarray(labels), t0[..., None], 1)
         return jnp.sum(jnp.abs(src - tgt) * v0[..., None]) + 0.0 * jnp.sum(v1)
 
-    g = jax.jit(jax.grad(loss))(jnp.asarray(pred))
+    g = jax.block_until_ready(jax.jit(jax.grad(loss))(jnp.asarray(pred)))
     assert len(calls) == 1 and calls[0][0] == 2  # both layers in one host call
     assert np.isfinite(np.asarray(g)).all() and np.abs(np.asarray(g)).sum() > 0
     # gradient only on matched queries
@@ -161,6 +161,7 @@ def test_data_parallel_runs_per_shard(monkeypatch):
         else:
             with jax.set_mesh(ctx):
                 out = fn(*args)
+        jax.block_until_ready(out)  # dispatch is asynchronous
         assert len(calls) == n_dev and all(c[1] == b // n_dev for c in calls)
         assert out[0].sharding.spec == P("data")
         for o, r in zip(out, ref):
