@@ -231,6 +231,47 @@ def build_steps(
     return Steps(mesh, replicated, data, state_sharding, train, evaluate, init, abstract)
 
 
+# Jitted steps of recent runs in this process, so that running again with the same model,
+# losses, optimiser and shapes (a resumed run, a sweep over seeds, a notebook, the tests)
+# does not compile again. The train step holds a host callback (the matcher), so XLA's
+# persistent compilation cache cannot keep it across processes.
+_STEPS_CACHE: dict[tuple, Steps] = {}
+_STEPS_CACHE_SIZE = 4
+
+
+def run_steps(
+    config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+    n_steps_epoch: int,
+    batch_shapes: dict[str, jax.ShapeDtypeStruct],
+) -> Steps:
+    """:func:`build_steps` for a config, reusing the jitted steps of an identical earlier run."""
+    from trdetr_jax import losses
+    from trdetr_jax.model import TRDETR, model_kwargs_from_config
+
+    model_kwargs = model_kwargs_from_config(config)
+    key = (
+        tuple(d.id for d in mesh.devices.flat),
+        repr(sorted(model_kwargs.items())),
+        losses.LossConfig.from_config(config),
+        config.optim.to_json(),
+        n_steps_epoch,
+        tuple(sorted((k, v.shape, str(v.dtype)) for k, v in batch_shapes.items())),
+    )
+    if key not in _STEPS_CACHE:
+        while len(_STEPS_CACHE) >= _STEPS_CACHE_SIZE:
+            _STEPS_CACHE.pop(next(iter(_STEPS_CACHE)))
+        _STEPS_CACHE[key] = build_steps(
+            mesh,
+            TRDETR(**model_kwargs),
+            make_optimizer(config, n_steps_epoch),
+            make_loss_fn(config, mesh),
+            lr_schedule(config, n_steps_epoch),
+            batch_shapes,
+        )
+    return _STEPS_CACHE[key]
+
+
 def jit_eval_step(mesh: jax.sharding.Mesh, model, params_sharding: Any = None):
     """``eval_step`` jitted over ``mesh``: replicated params, batch-sharded inputs/outputs."""
     if params_sharding is None:
@@ -596,8 +637,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     Returns the run summary (also printed as a table and written to ``summary.json``).
     """
-    from trdetr_jax.model import TRDETR, model_kwargs_from_config
-
     t_start = time.time()
     maybe_initialize_distributed(config)
     workdir_path = pathlib.Path(workdir).resolve()
@@ -612,17 +651,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     config, train_ds, eval_ds = load_datasets(config)
     n_steps_epoch = steps_per_epoch(train_ds, tcfg.batch_size)
     total_steps = n_steps_epoch * tcfg.num_epochs
-    model = TRDETR(**model_kwargs_from_config(config))
-    schedule = lr_schedule(config, n_steps_epoch)
-    tx = make_optimizer(config, n_steps_epoch)
-    steps = build_steps(
-        mesh,
-        model,
-        tx,
-        make_loss_fn(config, mesh),
-        schedule,
-        abstract_batch(train_ds, tcfg.batch_size),
-    )
+    steps = run_steps(config, mesh, n_steps_epoch, abstract_batch(train_ds, tcfg.batch_size))
     check_process_rows(steps.data, tcfg.batch_size)
     # Parameter init and dropout draw from independent streams of the one seed.
     init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
