@@ -142,6 +142,13 @@ def _mean_over_examples(x: jnp.ndarray, w: jnp.ndarray | None) -> jnp.ndarray:
     return pairwise_sum(x * w) / (jnp.maximum(jnp.sum(w), 1.0) * per_example)
 
 
+def _at_least_f32(x):
+    x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32:
+        return x.astype(jnp.float32)
+    return x
+
+
 def _normalize(x: jnp.ndarray, axis: int) -> jnp.ndarray:
     """``F.normalize``: ``x / max(||x||_2, 1e-12)``."""
     norm = jnp.sqrt(jnp.sum(x * x, axis=axis, keepdims=True))
@@ -384,6 +391,8 @@ def compute_losses(
       ``weight * term`` in the official order, then ``+ vtc_coef * VTC + ctc_coef * CTC``.
     """
     example_mask = _weights(batch)
+    # Losses are computed in float32 (or float64 under x64) even for bfloat16 compute.
+    outputs = jax.tree.map(_at_least_f32, dict(outputs))
     aux_outputs = tuple(outputs.get("aux_outputs", ())) if cfg.aux_loss else ()
     terms: dict[str, jnp.ndarray] = {}
     layers = [("", outputs, "final")]

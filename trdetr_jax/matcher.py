@@ -53,6 +53,10 @@ def match_cost(
       span_mask: ``[B, W]`` float, 1 = real window; padded rows get a dummy span so their
         (discarded) columns stay finite.
     """
+    # costs in float32 at least, whatever the compute dtype of the model
+    pred_logits, pred_spans = (
+        x.astype(jnp.promote_types(x.dtype, jnp.float32)) for x in (pred_logits, pred_spans)
+    )
     prob_fg = jax.nn.softmax(pred_logits, axis=-1)[..., 0]  # [B, nq]
     # cdist with p=1 on (c, w)
     l1 = jnp.abs(pred_spans[:, :, None, :] - span_labels[:, None, :, :]).sum(-1)  # [B, nq, W]

@@ -77,7 +77,7 @@ def loss_fn(
       ``(total_loss, (loss_dict, outputs))``; ``outputs`` are the model outputs plus
       ``'matches'`` (None without matching).
     """
-    inputs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
+    inputs = {k: batch[k] for k in MODEL_INPUT_KEYS if batch.get(k) is not None}
     rngs = {"dropout": dropout_rng} if train and dropout_rng is not None else {}
     outputs = dict(model.apply({"params": params}, **inputs, train=train, rngs=rngs))
     matches = match_outputs(outputs, batch, loss_cfg, mesh=mesh) if loss_cfg.use_matcher else None
