@@ -88,3 +88,10 @@ def test_cli_reports_unreadable_folder(tmp_path):
     res = _run(tmp_path)
     assert res.returncode == 2
     assert "params.npz is missing" in res.stderr
+
+
+def test_cli_x64_on_float32_fixture(reference_dir):
+    # a float32 fixture evaluated in float64 still meets the float32 tolerances
+    res = _run(reference_dir / "small_tvsum", "--x64")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "evaluated in float64" in _table(res.stdout)["grads"]
