@@ -15,14 +15,17 @@ same ``--workdir`` resumes the run.
 
 from __future__ import annotations
 
+import logging as stdlib_logging
 import pathlib
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = _REPO_ROOT / "configs" / "demo.py"
+# configs/ sits beside the package in the source tree (found from any current directory);
+# a non-editable install has no source tree: then ./configs/demo.py is tried.
+_SOURCE_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.py"
+DEFAULT_CONFIG = _SOURCE_CONFIG if _SOURCE_CONFIG.exists() else pathlib.Path("configs/demo.py")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -36,6 +39,14 @@ flags.DEFINE_string(
 )
 
 
+class _OwnInfoOnly(stdlib_logging.Filter):
+    def filter(self, record: stdlib_logging.LogRecord) -> bool:
+        return record.levelno >= stdlib_logging.WARNING or _PACKAGE_DIR in record.pathname
+
+
+_PACKAGE_DIR = str(pathlib.Path(__file__).resolve().parent)
+
+
 def default_workdir(config_path: str) -> str:
     name = pathlib.Path(config_path.split(":", 1)[0]).stem
     return str(pathlib.Path("workdir") / name)
@@ -45,8 +56,9 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.INFO)
-    # Orbax and absl log a line per checkpoint operation at INFO; keep the console readable.
-    logging.get_absl_handler().python_handler.stream = sys.stderr
+    # Libraries (Orbax: several lines per checkpoint) log at INFO too; keep their warnings
+    # and errors, and this package's INFO lines.
+    logging.get_absl_handler().addFilter(_OwnInfoOnly())
     from trdetr_jax import train
 
     workdir = FLAGS.workdir or default_workdir(FLAGS["config"].config_filename)
