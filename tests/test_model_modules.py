@@ -479,3 +479,17 @@ def test_init_runs_and_matches_the_porting_tree():
     w = sd["transformer.encoder.layers.0.self_attn.in_proj_weight"]  # Xavier over (3d, d)
     assert np.abs(w).max() <= np.sqrt(6 / (4 * 256)) + 1e-6
     assert np.abs(w).max() > 0.9 * np.sqrt(6 / (4 * 256))
+
+
+def test_bfloat16_compute_keeps_heads_in_float32():
+    model = TRDETR(**TINY, dtype=jnp.bfloat16)
+    args = tiny_inputs()
+    params = random_params(model, args)
+    out = jax.jit(
+        lambda p: model.apply({"params": p}, *args, train=False), compiler_options=FAST_COMPILE
+    )(params)
+    flat = flatten_outputs(out)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+    for k, v in flat.items():
+        assert v.dtype == np.float32, k
+        assert np.isfinite(v).all(), k

@@ -16,9 +16,8 @@ clips (at least one), the GRU stops after the run (state frozen), and
 ``w = softmax over valid clips of cos(h, src_vid_ed)`` (the paper's cosine + softmax).
 
 Top-1 ties: ``argmax`` returns the lowest index among exactly equal probabilities; the
-official ``torch.sort(descending=True)`` is not stable, so on an exact tie it may pick
-another query (a measure-zero event with real-valued logits). No gradient flows through the
-selection or the indices.
+official ``torch.sort(descending=True)`` (torch 2.13, CPU) also lists tied entries in index
+order, so the same query is picked. No gradient flows through the selection or the indices.
 """
 
 from __future__ import annotations

@@ -104,6 +104,9 @@ class TRDETR(nn.Module):
         )
         d = self.hidden_dim
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        # Heads feed softmaxes, costs and losses: at least float32 even with bf16 compute.
+        head_dtype = None if self.dtype is None else jnp.promote_types(self.dtype, jnp.float32)
+        head_kw = dict(dtype=head_dtype, param_dtype=self.param_dtype)
         tx = dict(
             nheads=self.nheads,
             dim_feedforward=self.dim_feedforward,
@@ -160,7 +163,7 @@ class TRDETR(nn.Module):
 
         # 5-6. Encoder, then HD2MR re-weighting and the same encoder again.
         encoder = Encoder(self.enc_layers, name="encoder", **tx)
-        saliency_proj = torch_dense(d, d, name="saliency_proj", **kw)
+        saliency_proj = torch_dense(d, d, name="saliency_proj", **head_kw)
         memory, layers = encoder(t2v_vid, pos_vid, src_vid_mask, train=train)
         self._sow_encoder_call(1, t2v_vid, layers, memory)
         if self.use_hd2mr:
@@ -183,8 +186,8 @@ class TRDETR(nn.Module):
         )(memory, src_vid_mask, pos_vid, anchors, train=train)
         sow("inter_dec_hs", hs)
         sow("inter_dec_references", references)
-        outputs_class = torch_dense(2, d, name="class_embed", **kw)(hs)  # [n_dec, B, nq, 2]
-        span_offsets = MLP(d, 2, 3, name="span_embed", **kw)(hs)  # [n_dec, B, nq, 2]
+        outputs_class = torch_dense(2, d, name="class_embed", **head_kw)(hs)  # [n_dec, B, nq, 2]
+        span_offsets = MLP(d, 2, 3, name="span_embed", **head_kw)(hs)  # [n_dec, B, nq, 2]
         sow("inter_outputs_class", outputs_class)
         sow("inter_span_embed_out", span_offsets)
         outputs_spans = refine_spans(span_offsets, references.astype(span_offsets.dtype))
@@ -207,6 +210,9 @@ class TRDETR(nn.Module):
             "src_txt_cls_ed": txt_cls,
             "src_vid_cls_ed": vid_cls,
         }
+        if head_dtype is not None:  # the alignment losses read these: at least float32
+            for k in ("src_txt_ed", "src_vid_ed", "src_txt_cls_ed", "src_vid_cls_ed"):
+                out[k] = out[k].astype(head_dtype)
         if self.aux_loss:
             out["aux_outputs"] = tuple(
                 {"pred_logits": outputs_class[i], "pred_spans": outputs_spans[i]}
