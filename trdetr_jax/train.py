@@ -171,6 +171,21 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
     )
 
 
+def check_train_config(tcfg: ml_collections.ConfigDict) -> None:
+    """Loop settings that must be positive integers, named as on the command line."""
+    for name in (
+        "num_epochs",
+        "batch_size",
+        "eval_batch_size",
+        "eval_every_epochs",
+        "log_every_steps",
+        "checkpoint_every_steps",
+    ):
+        value = tcfg[name]
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"config.train.{name} must be a positive integer, got {value!r}")
+
+
 def check_batch_size(batch_size: int, mesh: jax.sharding.Mesh, what: str) -> None:
     n = mesh.devices.size
     if batch_size % n:
@@ -356,6 +371,14 @@ class ProgressBar:
         self.t0 = self.t_last = None
         self.n0 = initial
         self.enabled = jax.process_index() == 0
+        self.drawn = False
+
+    def clear(self) -> None:
+        """Blanks the bar's line so a log line can be printed; the next update redraws it."""
+        if self.drawn:
+            self.stream.write("\r" + " " * 100 + "\r")
+            self.stream.flush()
+            self.drawn = False
 
     def update(self, n: int, text: str = "") -> None:
         if not self.enabled:
@@ -374,6 +397,7 @@ class ProgressBar:
         line = f"[{bar}] {n}/{self.total} {rate:.2f} step/s ETA {_fmt_time(eta)} {text}"
         if self.tty:
             self.stream.write("\r" + line[:160].ljust(100))
+            self.drawn = True
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
@@ -402,6 +426,7 @@ class RunLog:
 
     def __init__(self, workdir: pathlib.Path, resume_step: int | None):
         self.enabled = jax.process_index() == 0
+        self.bar: ProgressBar | None = None  # cleared before console lines
         self.log_path = workdir / "train.log"
         self.metrics_path = workdir / "metrics.jsonl"
         if self.enabled:
@@ -424,6 +449,8 @@ class RunLog:
     def info(self, msg: str, *args, console: bool = True) -> None:
         text = msg % args if args else msg
         if console:
+            if self.bar is not None:
+                self.bar.clear()
             logging.info("%s", text)
         if self.enabled:
             with open(self.log_path, "a") as f:
@@ -446,9 +473,10 @@ def check_finite(metrics: dict[str, Any], step: int) -> None:
     if not np.isfinite(loss):
         parts = ", ".join(f"{k}={float(v):.4g}" for k, v in sorted(metrics.items()))
         raise NonFiniteLossError(
-            f"training loss became {loss} at step {step} ({parts}). Stopping; the last saved "
-            "checkpoint is intact (rerun resumes from it). Common causes: a learning rate too "
-            "high for this batch size, NaN/Inf in the input features, or an empty mask."
+            f"training loss became {loss} at step {step} ({parts}). Stopped before saving: the "
+            "last checkpoint is intact and a rerun resumes from it, but with the same data and "
+            "settings it will fail the same way. Common causes: a learning rate too high "
+            "(--config.optim.lr), NaN/Inf in the input features, an empty mask."
         )
 
 
@@ -642,6 +670,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir_path = pathlib.Path(workdir).resolve()
     workdir_path.mkdir(parents=True, exist_ok=True)
     tcfg = config.train
+    check_train_config(tcfg)
 
     # ---- data, model, mesh.
     mesh = make_mesh()
@@ -738,6 +767,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # ---- the loop.
     bar = ProgressBar(total_steps, loop.step)
+    log.bar = bar
     pending: tuple[int, Any] | None = None  # metrics of the last step, fetched one step late
     t_log = time.perf_counter()
 
