@@ -27,7 +27,7 @@ def init_params(kwargs, seed=0):
     rng = np.random.default_rng(seed)
     shapes = porting.expected_param_shapes(kwargs, D_VID, D_TXT)
     flat = {p: rng.standard_normal(s).astype(np.float32) for p, s in shapes.items()}
-    return porting._unflatten(flat)
+    return porting.unflatten_params(flat)
 
 
 @pytest.fixture(scope="module")

@@ -178,17 +178,19 @@ def _torch_shape(entry: Entry, flax_shapes: Mapping[Path, tuple[int, ...]]) -> t
     return shape
 
 
-def _flatten(tree: Mapping[str, Any], prefix: Path = ()) -> dict[Path, Any]:
+def flatten_params(tree: Mapping[str, Any], prefix: Path = ()) -> dict[Path, Any]:
+    """Nested param dict -> {('module', ..., 'leaf'): array}."""
     out: dict[Path, Any] = {}
     for k, v in tree.items():
         if isinstance(v, Mapping):
-            out.update(_flatten(v, prefix + (str(k),)))
+            out.update(flatten_params(v, prefix + (str(k),)))
         else:
             out[prefix + (str(k),)] = v
     return out
 
 
-def _unflatten(flat: Mapping[Path, Any]) -> dict[str, Any]:
+def unflatten_params(flat: Mapping[Path, Any]) -> dict[str, Any]:
+    """Inverse of :func:`flatten_params`."""
     tree: dict[str, Any] = {}
     for path, v in flat.items():
         node = tree
@@ -227,7 +229,7 @@ def expected_param_shapes(
         jnp.ones((b, lv)),
     )
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args, train=False))
-    return {p: tuple(v.shape) for p, v in _flatten(shapes["params"]).items()}
+    return {p: tuple(v.shape) for p, v in flatten_params(shapes["params"]).items()}
 
 
 def strip_prefix(sd: Mapping[str, Any]) -> dict[str, Any]:
@@ -274,7 +276,7 @@ def state_dict_to_params(
             part = x if rows < 0 else x[start : start + rows]
             part = np.array(_to_flax(e.kind, part), order="C")  # copy; keeps 0-d
             flat[path] = part if dtype is None else part.astype(dtype)
-    return _unflatten(flat)
+    return unflatten_params(flat)
 
 
 def _check_table_covers(table: list[Entry], flax_shapes: Mapping[Path, tuple[int, ...]]) -> None:
@@ -307,7 +309,7 @@ def _sizes_from_params(flat: Mapping[Path, Any]) -> dict[str, int]:
 def params_to_state_dict(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Flax ``params`` (or any pytree of the same structure, e.g. gradients) -> official keys."""
     tree = params.get("params", params) if isinstance(params, Mapping) else params
-    flat = {p: np.asarray(v) for p, v in _flatten(tree).items()}
+    flat = {p: np.asarray(v) for p, v in flatten_params(tree).items()}
     table = key_table(**_sizes_from_params(flat))
     _check_table_covers(table, {p: v.shape for p, v in flat.items()})
     sd: dict[str, np.ndarray] = {}
