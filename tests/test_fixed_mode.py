@@ -148,3 +148,14 @@ def test_batch_and_padding_independence(compat):
     else:  # misaligned T2V mask (batch) and padded-length softmax / MR2HD (padding)
         assert diffs["alone", "pred_logits"] > 1e-4, diffs
         assert diffs["padded", "saliency_scores"] > 1e-4, diffs
+
+
+@pytest.mark.parametrize("compat", ["official", "fixed"])
+def test_all_padding_example_stays_finite(compat):
+    """A padding example (all masks 0) filling the last eval batch gives no NaN anywhere."""
+    vid_mask, txt_mask = VID_MASK.copy(), TXT_MASK.copy()
+    vid_mask[1], txt_mask[1] = 0, 0
+    out = run(compat, TXT, txt_mask, VID, vid_mask)
+    for name, value in out.items():
+        if np.issubdtype(value.dtype, np.floating):
+            assert np.isfinite(value).all(), name

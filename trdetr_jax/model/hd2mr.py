@@ -13,7 +13,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from trdetr_jax.model.layers import at_least_f32
+from trdetr_jax.model.layers import at_least_f32, masked_softmax
 
 
 def saliency_from_projection(projected: jax.Array) -> jax.Array:
@@ -26,4 +26,4 @@ def hd2mr_weights(scores: jax.Array, video_mask: jax.Array, compat: str) -> jax.
     scores = at_least_f32(scores)
     if compat == "official":
         return jax.nn.softmax(scores, axis=-1)
-    return jax.nn.softmax(scores, axis=-1, where=video_mask > 0) * (video_mask > 0)
+    return masked_softmax(scores, video_mask > 0)

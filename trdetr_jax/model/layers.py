@@ -116,3 +116,14 @@ class MLP(nn.Module):
 def at_least_f32(x: jax.Array) -> jax.Array:
     """Softmaxes and similar reductions run in float32 (or float64 under x64), never in bf16."""
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def masked_softmax(logits: jax.Array, valid: jax.Array, axis: int = -1) -> jax.Array:
+    """Softmax over the ``valid`` entries only (others get 0), at least float32.
+
+    A row with no valid entry gives all zeros (not NaN), e.g. a padding example that fills
+    the last evaluation batch.
+    """
+    logits = at_least_f32(logits)
+    w = jax.nn.softmax(jnp.where(valid, logits, jnp.finfo(logits.dtype).min), axis=axis)
+    return w * valid

@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from trdetr_jax.model.layers import Dtype, at_least_f32, torch_uniform
+from trdetr_jax.model.layers import Dtype, at_least_f32, masked_softmax, torch_uniform
 
 
 def python_slice_bounds(start: jax.Array, stop: jax.Array, length: int):
@@ -145,8 +145,9 @@ class MR2HD(nn.Module):
             start, count = python_slice_bounds(first, last + 1, length)
         else:
             n_valid = n_clips[:, 0].astype(jnp.int32)
-            start = jnp.clip(first, 0, n_valid - 1)
-            end = jnp.clip(last, start, n_valid - 1)
+            last_clip = jnp.maximum(n_valid - 1, 0)  # an all-padding example keeps one step
+            start = jnp.clip(first, 0, last_clip)
+            end = jnp.clip(last, start, last_clip)
             count = end - start + 1
         run = gather_run(src_vid_ed, start, count)  # [B, L, d]
         h = TorchGRU(d, self.dtype, self.param_dtype, name="gru")(
@@ -159,8 +160,7 @@ class MR2HD(nn.Module):
             hn = h / jnp.maximum(jnp.linalg.norm(h, axis=-1, keepdims=True), eps)
             vn = src_vid_ed / jnp.maximum(jnp.linalg.norm(src_vid_ed, axis=-1, keepdims=True), eps)
             cos = at_least_f32(jnp.einsum("bd,bld->bl", hn, vn.astype(hn.dtype)))
-            valid = video_mask > 0
-            w = jax.nn.softmax(cos, axis=-1, where=valid) * valid
+            w = masked_softmax(cos, video_mask > 0)
         for name, value in (
             ("inter_mr2hd_fg_prob", fg),
             ("inter_mr2hd_top1_query_idx", top1),
