@@ -214,7 +214,7 @@ def test_load_checkpoint_ckpt_with_torch(tmp_path, tiny_params):
     torch = pytest.importorskip("torch")
     sd = porting.params_to_state_dict(tiny_params)
     path = tmp_path / "model_best.ckpt"
-    opt = argparse.Namespace(hidden_dim=256)
+    opt = argparse.Namespace(hidden_dim=256, device=torch.device("cpu"), v_feat_dirs=["a/b"])
     torch.save(
         {
             "model": {k: torch.from_numpy(np.array(v)) for k, v in sd.items()},
@@ -226,6 +226,15 @@ def test_load_checkpoint_ckpt_with_torch(tmp_path, tiny_params):
     loaded, got_opt = porting.load_checkpoint(path)
     assert got_opt.hidden_dim == 256
     tree_equal(porting.state_dict_to_params(loaded, tiny_kwargs()), tiny_params)
+    # Objects outside the restricted unpickler's allow-list need an explicit opt-in.
+    torch.save({"model": {}, "extra": _Custom()}, tmp_path / "odd.ckpt")
+    with pytest.raises(ValueError, match="trust-pickle"):
+        porting.load_checkpoint(tmp_path / "odd.ckpt")
+    assert porting.load_checkpoint(tmp_path / "odd.ckpt", trust_pickle=True)[0] == {}
+
+
+class _Custom:
+    pass
 
 
 def test_convert_cli_writes_orbax_params_and_config(tmp_path, reference_dir):

@@ -50,6 +50,7 @@ def convert(
     options: str | os.PathLike | None = None,
     dtype: str | None = "float32",
     overwrite: bool = False,
+    trust_pickle: bool = False,
 ) -> tuple[dict[str, Any], Any]:
     """Convert and write ``out``; returns (params, config)."""
     import orbax.checkpoint as ocp
@@ -57,7 +58,7 @@ def convert(
     out = pathlib.Path(out).resolve()
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    state_dict, opt = porting.load_checkpoint(checkpoint)
+    state_dict, opt = porting.load_checkpoint(checkpoint, trust_pickle=trust_pickle)
     if options is not None:
         opt = read_options(options)
     if opt is None:
@@ -114,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         "--dtype", default="float32", help="params dtype to write ('keep': the checkpoint's)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow arbitrary pickled objects in the .ckpt (only for trusted files)",
+    )
     args = parser.parse_args(argv)
     try:
         params, _ = convert(
@@ -122,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             options=args.options,
             dtype=None if args.dtype == "keep" else args.dtype,
             overwrite=args.overwrite,
+            trust_pickle=args.trust_pickle,
         )
     except (FileNotFoundError, FileExistsError, ValueError, KeyError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)

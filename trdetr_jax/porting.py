@@ -29,6 +29,7 @@ import argparse
 import dataclasses
 import os
 import pathlib
+import pickle
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -326,11 +327,15 @@ def _as_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], Any]:
+def load_checkpoint(
+    path: str | os.PathLike, *, trust_pickle: bool = False
+) -> tuple[dict[str, np.ndarray], Any]:
     """Read an official ``.ckpt`` (needs torch) or an ``.npz`` of state_dict arrays.
 
     Returns (state_dict of numpy arrays, options or None). A ``.ckpt`` holds
-    ``{'model': state_dict, 'opt': argparse.Namespace, ...}``.
+    ``{'model': state_dict, 'opt': argparse.Namespace, ...}``; it is read with torch's
+    restricted unpickler (tensors, containers, ``argparse.Namespace``). ``trust_pickle``
+    allows arbitrary pickled objects: only for files from a trusted source.
     """
     path = pathlib.Path(path)
     if not path.is_file():
@@ -345,7 +350,16 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], Any
             f"reading {path} needs PyTorch (pip install 'trdetr_jax[torch]'), "
             "or convert the state_dict to an .npz of arrays first"
         ) from err
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if not trust_pickle:
+            raise ValueError(
+                f"{path} holds objects the restricted unpickler refuses ({err}); if the file "
+                "comes from a trusted source, pass --trust-pickle"
+            ) from err
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
     if isinstance(ckpt, Mapping) and "model" in ckpt:
         sd, opt = ckpt["model"], ckpt.get("opt")
     elif isinstance(ckpt, Mapping):
