@@ -493,3 +493,32 @@ def test_bfloat16_compute_keeps_heads_in_float32():
     for k, v in flat.items():
         assert v.dtype == np.float32, k
         assert np.isfinite(v).all(), k
+
+
+def test_other_sizes_and_audio():
+    """Layer/head counts, projection depth, batch size and audio differ from the fixtures."""
+    kwargs = dict(TINY, nheads=2, enc_layers=3, dec_layers=1, n_input_proj=1, num_queries=4)
+    model = TRDETR(**kwargs)
+    rng = np.random.default_rng(3)
+    b, lv, lt = 3, 9, 4
+    mask_v = (np.arange(lv)[None] < np.array([[9], [5], [1]])).astype(np.float32)
+    mask_t = (np.arange(lt)[None] < np.array([[4], [2], [1]])).astype(np.float32)
+    args = [rng.standard_normal((b, lt, 7)).astype(np.float32), mask_t]
+    args += [rng.standard_normal((b, lv, 5)).astype(np.float32), mask_v]
+    aud = rng.standard_normal((b, lv, 3)).astype(np.float32)
+    params = random_params(model, args + [aud])
+    fwd = jax.jit(
+        lambda p: model.apply(
+            {"params": p}, *args, src_aud=aud, train=False, mutable=["intermediates"]
+        ),
+        compiler_options=FAST_COMPILE,
+    )
+    out, state = fwd(params)
+    inter = collect_intermediates(state)
+    assert out["pred_spans"].shape == (b, 4, 2) and out["aux_outputs"] == ()
+    assert out["saliency_scores"].shape == (b, lv)
+    assert sorted(k for k in inter if k.startswith("inter_t2v_layer")) == [
+        f"inter_t2v_layer{i}_out" for i in range(3)
+    ]
+    assert inter["inter_dec_hs"].shape == (1, b, 4, 256)
+    assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(out))
