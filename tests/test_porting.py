@@ -271,3 +271,17 @@ def test_convert_cli_writes_orbax_params_and_config(tmp_path, reference_dir):
         )
         == 2
     )
+
+
+def test_ablated_models_and_non_strict_loading(tiny_params):
+    kwargs = tiny_kwargs(use_vfr=False, use_mr2hd=False)
+    params = init_params(kwargs)
+    assert "vfr" not in params and "mr2hd" not in params
+    sd = porting.params_to_state_dict(params)
+    assert not any(k.startswith(("fuser.", "gru_extractor.")) for k in sd)
+    tree_equal(porting.state_dict_to_params(sd, kwargs), params)
+    full = porting.params_to_state_dict(tiny_params)  # official weights: fuser + GRU present
+    with pytest.raises(ValueError, match="unexpected key 'fuser.cq_attention.w4C'"):
+        porting.state_dict_to_params(full, kwargs)
+    loaded = porting.state_dict_to_params(full, kwargs, strict=False)
+    assert "vfr" not in loaded and "mr2hd" not in loaded

@@ -83,9 +83,20 @@ def _ffn_and_norms(key: str, path: Path, norms: tuple[str, ...]) -> Iterator[Ent
 
 
 def key_table(
-    *, hidden_dim: int, enc_layers: int, dec_layers: int, n_input_proj: int, **_: Any
+    *,
+    hidden_dim: int,
+    enc_layers: int,
+    dec_layers: int,
+    n_input_proj: int,
+    use_vfr: bool = True,
+    use_mr2hd: bool = True,
+    **_: Any,
 ) -> list[Entry]:
-    """Every official state_dict key of a TR-DETR with these sizes, in a fixed order."""
+    """Every official state_dict key of a TR-DETR with these sizes, in a fixed order.
+
+    The official model always has the fuser and GRU; our ablated models (``use_vfr`` /
+    ``use_mr2hd`` off) have no such params, and their keys are left out.
+    """
     d = hidden_dim
     t: list[Entry] = []
     for i in range(enc_layers):
@@ -120,6 +131,15 @@ def key_table(
             t += _norm(f"{name}.{i}.LayerNorm", (name, f"layer_{i}_norm"))
             t += _dense(f"{name}.{i}.net.1", (name, f"layer_{i}_dense"))
     t += _dense("saliency_proj1", ("saliency_proj",))
+    if use_vfr:
+        t += _vfr_entries()
+    if use_mr2hd:
+        t += _gru_entries(d)
+    return t
+
+
+def _vfr_entries() -> list[Entry]:
+    t: list[Entry] = []
     v = ("vfr",)
     t.append(Entry("fuser.cq_attention.w4C", "column", ((v + ("w4C",), 0, -1),)))
     t.append(Entry("fuser.cq_attention.w4Q", "column", ((v + ("w4Q",), 0, -1),)))
@@ -135,6 +155,11 @@ def key_table(
                    ((v + ("concat_dense", "kernel"), 0, -1),)))  # fmt: skip
     t.append(Entry("fuser.cq_concat.conv1d.conv1d.bias", "vector",
                    ((v + ("concat_dense", "bias"), 0, -1),)))  # fmt: skip
+    return t
+
+
+def _gru_entries(d: int) -> list[Entry]:
+    t: list[Entry] = []
     g = ("mr2hd", "gru")
     gi = [g + (n,) for n in ("ir", "iz", "in")]
     gh = [g + (n,) for n in ("hr", "hz", "hn")]
@@ -241,13 +266,18 @@ def strip_prefix(sd: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def state_dict_to_params(
-    sd: Mapping[str, Any], model_kwargs: Mapping[str, Any], *, dtype: Any = None
+    sd: Mapping[str, Any],
+    model_kwargs: Mapping[str, Any],
+    *,
+    dtype: Any = None,
+    strict: bool = True,
 ) -> dict[str, Any]:
     """Official state_dict (numpy or torch tensors) -> Flax ``params`` tree of numpy arrays.
 
     Checks every key against ``TRDETR(**model_kwargs)``: a missing, unexpected or mis-shaped
-    key raises ValueError naming the key, the expected and the found shape. ``dtype``: cast
-    the arrays (default: keep the checkpoint's dtype).
+    key raises ValueError naming the key, the expected and the found shape. ``strict=False``
+    ignores unexpected keys (e.g. the fuser's when loading official weights into a model with
+    ``use_vfr=False``). ``dtype``: cast the arrays (default: keep the checkpoint's dtype).
     """
     sd = {k: _as_numpy(v) for k, v in strip_prefix(sd).items()}
     vid_dim, txt_dim = _input_dims(sd)
@@ -263,7 +293,7 @@ def state_dict_to_params(
             errors.append(f"key {e.key!r}: expected shape {want}, found {tuple(sd[e.key].shape)}")
     known = {e.key for e in table}
     for k in sd:
-        if k not in known:
+        if strict and k not in known:
             errors.append(f"unexpected key {k!r} with shape {tuple(sd[k].shape)}")
     if errors:
         raise ValueError(
@@ -304,6 +334,8 @@ def _sizes_from_params(flat: Mapping[Path, Any]) -> dict[str, int]:
         enc_layers=count("encoder"),
         dec_layers=count("decoder"),
         n_input_proj=len(proj),
+        use_vfr=any(p[0] == "vfr" for p in flat),
+        use_mr2hd=any(p[0] == "mr2hd" for p in flat),
     )
 
 
