@@ -522,3 +522,13 @@ def test_other_sizes_and_audio():
     ]
     assert inter["inter_dec_hs"].shape == (1, b, 4, 256)
     assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(out))
+
+
+def test_clamp_and_prelu_gradients_at_the_bounds_follow_torch():
+    g = jax.grad(lambda x: inverse_sigmoid(x).sum())(jnp.array([1.0, 0.0, 0.5]))
+    # x = 1: torch passes the clamp gradient (bounds included): d log(x / eps) / dx = 1.
+    np.testing.assert_allclose(g, [1.0, 1.0, 4.0], rtol=1e-6)  # values of torch.autograd
+    prelu = lambda a, x: PReLU().apply({"params": {"alpha": a}}, x).sum()  # noqa: E731
+    ga, gx = jax.grad(prelu, argnums=(0, 1))(jnp.float32(0.25), jnp.array([0.0, 2.0, -1.0]))
+    np.testing.assert_array_equal(gx, [0.25, 1.0, 0.25])
+    assert ga == -1.0

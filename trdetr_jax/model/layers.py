@@ -75,7 +75,8 @@ class PReLU(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         alpha = self.param("alpha", nn.initializers.constant(0.25), (), self.param_dtype)
-        return jnp.where(x >= 0, x, alpha.astype(x.dtype) * x)
+        # x > 0 (not >=): at exactly 0 the slope is alpha, as in torch's backward.
+        return jnp.where(x > 0, x, alpha.astype(x.dtype) * x)
 
 
 class MLP(nn.Module):
