@@ -208,6 +208,8 @@ def test_options_to_config_from_parsed_and_saved_options(reference_dir):
     assert c.data.dataset == "tvsum" and not c.loss.use_matcher and c.data.v_feat_dims == (48,)
     with pytest.raises(ValueError, match="pre_norm"):
         porting.options_to_config(dict(opt, pre_norm=True))
+    with pytest.warns(UserWarning, match="txt_drop_ratio"):
+        porting.options_to_config(dict(opt, txt_drop_ratio=0.1))
 
 
 def test_load_checkpoint_ckpt_with_torch(tmp_path, tiny_params):

@@ -464,6 +464,13 @@ def options_to_config(opt: Mapping[str, Any] | argparse.Namespace):
                 f"official option {name}={value!r} is not supported (only {supported!r})"
             )
 
+    for name in ("txt_drop_ratio", "conf_thd"):  # train/eval-time options our config lacks
+        if float(o.get(name, 0) or 0) != 0:
+            warnings.warn(
+                f"official option {name}={o[name]} has no counterpart in our config; ignored",
+                stacklevel=2,
+            )
+
     c = get_base_config()
     ctx_mode = o.get("ctx_mode", "video_tef")
     use_tef = "tef" in ctx_mode
