@@ -115,22 +115,23 @@ def _weights(batch: Mapping[str, jnp.ndarray]) -> jnp.ndarray | None:
 
 
 def pairwise_sum(x: jnp.ndarray) -> jnp.ndarray:
-    """Sum of all entries by pairwise (tree) summation.
+    """Sum of ``x [B, ...]``: pairwise (tree) summation within each example, then over B.
 
     torch sums float32 tensors with a cascade that keeps the error near one ulp; a plain
     reduction over a few hundred float32 terms can be several ulps off. Summing halves
-    keeps the float32 loss terms within ~1 ulp of the official values.
+    keeps the float32 loss terms within ~1 ulp of the official values. The batch axis is
+    left whole until the last step, so a batch-sharded ``x`` is not resharded.
     """
-    x = x.reshape(-1)
-    n = x.shape[0]
+    x = x.reshape(x.shape[0], -1)  # [B, N]
+    n = x.shape[1]
     size = 1
     while size < n:
         size *= 2
-    x = jnp.pad(x, (0, size - n))
-    while x.shape[0] > 1:
-        half = x.shape[0] // 2
-        x = x[:half] + x[half:]
-    return x[0]
+    x = jnp.pad(x, ((0, 0), (0, size - n)))
+    while x.shape[1] > 1:
+        half = x.shape[1] // 2
+        x = x[:, :half] + x[:, half:]
+    return jnp.sum(x[:, 0])
 
 
 def _mean_over_examples(x: jnp.ndarray, w: jnp.ndarray | None) -> jnp.ndarray:
