@@ -126,6 +126,16 @@ def test_interrupted_run_resumes_to_the_same_result(
     assert_same_run(uninterrupted[0], workdir)
 
 
+def test_predict_rows_reproduces_the_best_predictions(uninterrupted):
+    from trdetr_jax import predict
+
+    workdir, _ = uninterrupted
+    config = json.loads((workdir / "config.json").read_text())
+    rows = predict.predict_rows(workdir, config["data"]["eval_path"])
+    expected = [json.loads(x) for x in (workdir / "best_val_preds.jsonl").read_text().splitlines()]
+    assert json.loads(json.dumps(rows)) == expected
+
+
 def test_rerunning_a_finished_run_trains_no_more(uninterrupted, cache_dir):
     workdir, summary = uninterrupted
     again = train.train_and_evaluate(tiny_config(cache_dir / "demo"), str(workdir))

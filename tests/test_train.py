@@ -21,11 +21,17 @@ class Setup:
     traces: list  # one entry per trace of the loss function
 
 
-def build(config, devices) -> Setup:
+def build(config, devices, *, count_traces: bool = True) -> Setup:
+    """Steps over ``devices``; without ``count_traces`` they come from the trainer's cache
+    (``train.run_steps``), which the training runs of test_resume.py then reuse."""
     config, train_ds, _ = train.load_datasets(config)
     mesh = train.make_mesh(devices)
     bs = config.train.batch_size
     n_steps = train.steps_per_epoch(train_ds, bs)
+    batches = list(train.train_batches(train_ds, bs, seed=config.seed, epoch=0, start_step=0))
+    if not count_traces:
+        steps = train.run_steps(config, mesh, n_steps, train.abstract_batch(train_ds, bs))
+        return Setup(config, steps, batches, [])
     traces = []
     loss_fn = train.make_loss_fn(config, mesh)
 
@@ -41,7 +47,6 @@ def build(config, devices) -> Setup:
         train.lr_schedule(config, n_steps),
         train.abstract_batch(train_ds, bs),
     )
-    batches = list(train.train_batches(train_ds, bs, seed=config.seed, epoch=0, start_step=0))
     return Setup(config, steps, batches, traces)
 
 
@@ -94,7 +99,7 @@ def test_train_step_compiles_once(one_device):
 
 def test_four_devices_give_the_loss_of_one(one_device, cache_dir):
     assert len(jax.devices()) >= 4, "conftest.py asks XLA for 4 host devices"
-    four = build(tiny_config(cache_dir / "demo"), jax.devices()[:4])
+    four = build(tiny_config(cache_dir / "demo"), jax.devices()[:4], count_traces=False)
     assert four.steps.mesh.devices.size == 4
     batch = train.device_batch(four.batches[0], four.steps.data)
     # The global batch of 4 really is split: one example per device.

@@ -77,10 +77,14 @@ class LoopState:
 
 
 class _QuietUntracked(logging.Filter):
-    """Drops Orbax's warning for saves without metrics: only evaluated saves carry a score."""
+    """Drops two Orbax warnings that are expected here: saves without metrics (only evaluated
+    saves carry a score) and opening a run's checkpoints read-only (prediction)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "did not provide metrics" not in record.getMessage()
+        message = record.getMessage()
+        return not (
+            "did not provide metrics" in message or "Given directory is read only" in message
+        )
 
 
 logging.getLogger("absl").addFilter(_QuietUntracked())
