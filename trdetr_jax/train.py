@@ -345,8 +345,16 @@ def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
         return
     if jax.distributed.is_initialized():
         return
-    # Arguments come from the environment / cluster auto-detection (SLURM, TPU, ...).
-    jax.distributed.initialize()
+    # The coordinator comes from JAX_COORDINATOR_ADDRESS or cluster auto-detection (SLURM,
+    # Open MPI, TPU pods, ...); JAX_NUM_PROCESSES / JAX_PROCESS_ID name the process where no
+    # cluster manager does (e.g. several processes started by hand on one machine).
+    kwargs = {}
+    if os.environ.get("JAX_NUM_PROCESSES") and os.environ.get("JAX_PROCESS_ID"):
+        kwargs = dict(
+            num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+            process_id=int(os.environ["JAX_PROCESS_ID"]),
+        )
+    jax.distributed.initialize(**kwargs)
     logging.info(
         "jax.distributed: process %d of %d, %d local / %d global devices",
         jax.process_index(),
