@@ -2,6 +2,7 @@
 
     python experiments/benchmark.py                 # batch 32, 75 clips, 32 tokens, 2818-d video
     python experiments/benchmark.py --steps 50 --devices 1
+    python experiments/benchmark.py --cpu-devices 4   # data parallel over 4 CPU "devices"
 
 Uses the real model, losses (host matcher included) and optimiser of the QVHighlights
 config (hidden 256, 2 encoder / 2 decoder layers, FFN 1024, 10 queries) on synthetic
@@ -83,7 +84,12 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
     p.add_argument("--devices", type=int, default=None, help="use the first N devices")
     p.add_argument("--dtype", default="float32", help="model compute dtype (bfloat16 ...)")
+    p.add_argument(
+        "--cpu-devices", type=int, default=None, help="split the CPU into N devices (data parallel)"
+    )
     args = p.parse_args()
+    if args.cpu_devices:
+        jax.config.update("jax_num_cpu_devices", args.cpu_devices)  # before any backend use
 
     config = get_base_config()  # QVHighlights SF+CLIP schedule and model
     config.model.dtype = args.dtype
