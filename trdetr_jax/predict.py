@@ -19,7 +19,6 @@ import pathlib
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -152,5 +151,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    jax.config.parse_flags_with_absl()
     main()
