@@ -177,8 +177,6 @@ def get_base_config() -> config_dict.ConfigDict:
 
 def get_charades_config() -> config_dict.ConfigDict:
     """Charades-STA defaults shared by every feature setting (paper's schedule)."""
-    from trdetr_jax import annotations
-
     config = get_base_config()
     # The official code has no Charades path (see trdetr_jax/data/targets.py for the labels).
     config.data.dataset = "charades"  # windows only; relevant clips / 0-1 saliency from the window
@@ -197,8 +195,6 @@ def get_charades_config() -> config_dict.ConfigDict:
 
 def get_tvsum_config(opts: dict[str, str]) -> config_dict.ConfigDict:
     """TVSum I3D defaults (official ``train_tvsum.sh``), one model per domain."""
-    from trdetr_jax import annotations
-
     config = get_base_config()
     config.data.dataset = "tvsum"  # label (clips x 20 annotators) layout, one domain per model
     config.data.train_path = str(annotations.path("tvsum", "train"))
