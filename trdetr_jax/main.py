@@ -60,11 +60,13 @@ def main(argv: list[str]) -> None:
     # and errors, and this package's INFO lines.
     logging.get_absl_handler().addFilter(_OwnInfoOnly())
     from trdetr_jax import train
+    from trdetr_jax.data import DataError
 
     workdir = FLAGS.workdir or default_workdir(FLAGS["config"].config_filename)
     try:
         train.train_and_evaluate(FLAGS.config, workdir)
-    except train.NonFiniteLossError as e:
+    except (train.NonFiniteLossError, DataError) as e:
+        # Errors the user acts on (bad data, diverged run): one clear line, no traceback.
         logging.error("%s", e)
         sys.exit(f"error: {e}")
 
