@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from _tiny_run import enable_compilation_cache, tiny_config
 
-from trdetr_jax import train
+from trdetr_jax import runlog, train
 from trdetr_jax.model import TRDETR, model_kwargs_from_config
 
 
@@ -135,7 +135,7 @@ def test_progress_bar_writes_rate_and_eta():
     import io
 
     stream = io.StringIO()
-    bar = train.ProgressBar(total=10, stream=stream)
+    bar = runlog.ProgressBar(total=10, stream=stream)
     for i in range(1, 11):
         bar.update(i, "loss 1.0")
     bar.close()
