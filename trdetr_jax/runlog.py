@@ -68,7 +68,10 @@ class ProgressBar:
 
 
 def fmt_num(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.2f}"
+    """Percentages with 2 decimals; fractions (TVSum mAP, rounded to 5 places) in full."""
+    if v is None:
+        return "n/a"
+    return f"{v:.2f}" if abs(v) >= 1 or v == 0 else f"{v:.5g}"
 
 
 def fmt_time(seconds: float) -> str:
@@ -138,7 +141,7 @@ def summary_table(summary: dict[str, Any]) -> str:
             f"best {summary['best_metric']}",
             "n/a"
             if summary["best_score"] is None
-            else f"{summary['best_score']:.2f} (epoch {summary['best_epoch']}, "
+            else f"{fmt_num(summary['best_score'])} (epoch {summary['best_epoch']}, "
             f"step {summary['best_step']})",
         ),
     ]
