@@ -71,11 +71,60 @@ def _read_array(path: str, key: str | None, what: str) -> np.ndarray:
     return arr
 
 
-def _check_dim(arr: np.ndarray, expected: int, key: str, path: str) -> None:
-    if arr.shape[1] != expected:
+def _check_dim(arr: np.ndarray | tuple[int, ...], expected: int, key: str, path: str) -> None:
+    width = (arr if isinstance(arr, tuple) else arr.shape)[1]
+    if width != expected:
+        raise DataError(f"{path}: feature dimension {width} disagrees with {key} = {expected}")
+
+
+def _npy_shape(f, stored_bytes: int, what: str, path: str) -> tuple[int, ...]:
+    """Shape from an open ``.npy`` stream's header; checks the data is all there."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        shape, _, dtype = np.lib.format._read_array_header(f, version)
+    need = f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if dtype.hasobject or stored_bytes < need:
         raise DataError(
-            f"{path}: feature dimension {arr.shape[1]} disagrees with {key} = {expected}"
+            f"{what}: {path} is damaged: its header promises {need} bytes of {dtype} "
+            f"{tuple(shape)}, the file holds {stored_bytes}"
         )
+    return tuple(int(n) for n in shape)
+
+
+def array_shape(path: str, key: str | None, what: str) -> tuple[int, int]:
+    """``[length, dim]`` of a ``.npy`` / ``.npz[key]`` from its header alone (no data read).
+
+    Checks what :func:`_read_array` checks except the values (NaN/Inf): the file exists and
+    parses, holds a 2-d array (a leading batch axis of 1 is dropped) with at least one row,
+    and is not truncated. Errors name the file.
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"{what}: feature file not found, tried {path}")
+    try:
+        if key is None:
+            with open(path, "rb") as f:
+                shape = _npy_shape(f, os.path.getsize(path), what, path)
+        else:
+            with zipfile.ZipFile(path) as z:
+                files = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
+                if key not in files:
+                    raise DataError(f"{what}: {path} has no array {key!r} (has {files})")
+                info = z.getinfo(key + ".npy")
+                with z.open(info) as f:
+                    shape = _npy_shape(f, info.file_size, what, path)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(f"{what}: cannot read {path}: {e}") from None
+    if len(shape) == 3 and shape[0] == 1:  # some extractors kept a batch axis
+        shape = shape[1:]
+    if len(shape) != 2:
+        raise DataError(f"{what}: {path} holds shape {shape}, expected [length, dim]")
+    if shape[0] == 0:
+        raise DataError(f"{what}: {path} is empty (0 rows)")
+    return shape
 
 
 class FeatureStore:
@@ -142,6 +191,7 @@ class FeatureStore:
         self._cache: dict = {}
         self._lock = threading.Lock()
         self._warned_long = False
+        self._lengths: dict = {}  # header-only lengths, see lengths()
 
     # ------------------------------------------------------------------ public
     def video(self, vid: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -151,6 +201,18 @@ class FeatureStore:
     def text(self, qid) -> np.ndarray:
         """Query token features ``[N, Dt]``, ``1 <= N <= max_q_l``."""
         return self._cached(("t", qid), lambda: self._load_text(qid))
+
+    def lengths(self, vid: str, qid) -> tuple[int, int]:
+        """``(clips, tokens)`` example ``(vid, qid)`` will have once loaded, from the files'
+        headers alone (no feature data is read): every source cut to ``max_v_l`` and to the
+        shortest, the text cut to ``max_q_l``. Raises the :class:`DataError` loading would
+        raise for a missing, unreadable, truncated, mis-shaped or too-long file (not for
+        NaN/Inf values, which only loading can see)."""
+        key = ("len", vid, qid)
+        hit = self._lengths.get(key)
+        if hit is None:
+            hit = self._lengths[key] = (self._video_length(vid), self._text_length(qid))
+        return hit
 
     def disable_cache(self) -> None:
         """Stop caching and free what is cached (the features do not fit in memory)."""
@@ -189,6 +251,62 @@ class FeatureStore:
                 vid, path, arr.shape[0], self.max_v_l,
             )  # fmt: skip
         return arr[: self.max_v_l]
+
+    def _long_length(self, rows: int, vid: str, path: str) -> int:
+        if rows > self.max_v_l and self.on_long_video == "error":
+            self._cut_long(np.empty((rows, 0)), vid, path)  # raises the loader's error
+        return min(rows, self.max_v_l)
+
+    def _video_length(self, vid: str) -> int:
+        what = f"video {vid}"
+        rows = []
+        for folder, dim in zip(self.v_feat_dirs, self.v_feat_dims):
+            key = f"config.data.v_feat_dims ({folder})"
+            if self.v_feat_format == "rgb_opt":
+                rgb_path = self._path(folder, f"{vid}_rgb.npy")
+                opt_path = self._path(folder, f"{vid}_opt.npy")
+                rgb = array_shape(rgb_path, None, what)
+                opt = array_shape(opt_path, None, what)
+                _check_dim((0, rgb[1] + opt[1]), dim, key, f"{rgb_path} + {opt_path}")
+                n = min(
+                    self._long_length(rgb[0], vid, rgb_path),
+                    self._long_length(opt[0], vid, opt_path),
+                )
+            else:
+                ext, npz_key = (
+                    (".npz", "features") if self.v_feat_format == "npz" else (".npy", None)
+                )
+                path = self._path(folder, vid + ext)
+                shape = array_shape(path, npz_key, what)
+                _check_dim(shape, dim, key, path)
+                n = self._long_length(shape[0], vid, path)
+            rows.append(n)
+        if self.a_feat_dir is not None:
+            path = self._path(self.a_feat_dir, f"{vid}.npy")
+            shape = array_shape(path, None, f"audio {vid}")
+            _check_dim(shape, self.a_feat_dim, "config.data.a_feat_dim", path)
+            rows.append(self._long_length(shape[0], vid, path))
+        return min(rows)
+
+    def _text_path(self, qid) -> tuple[str, str]:
+        if self.t_feat_format == "qid_npz":
+            return self._path(self.t_feat_dir, f"qid{qid}.npz"), "last_hidden_state"
+        return self._path(self.t_feat_dir, f"{qid}.npz"), "token"
+
+    def _check_text_length(self, n: int, qid, path: str) -> int:
+        if n > self.max_q_l and not self.truncate_text:
+            raise DataError(
+                f"query {qid}: {path} has {n} tokens > config.data.max_q_l = "
+                f"{self.max_q_l}; this dataset's text is not truncated (as in the official "
+                "code), so raise --config.data.max_q_l"
+            )
+        return min(n, self.max_q_l)
+
+    def _text_length(self, qid) -> int:
+        path, key = self._text_path(qid)
+        shape = array_shape(path, key, f"query {qid}")
+        _check_dim(shape, self.t_feat_dim, "config.data.t_feat_dim", path)
+        return self._check_text_length(shape[0], qid, path)
 
     def _load_video(self, vid: str):
         what = f"video {vid}"
@@ -235,22 +353,10 @@ class FeatureStore:
         return video, audio
 
     def _load_text(self, qid) -> np.ndarray:
-        what = f"query {qid}"
-        if self.t_feat_format == "qid_npz":
-            path = self._path(self.t_feat_dir, f"qid{qid}.npz")
-            arr = _read_array(path, "last_hidden_state", what)
-        else:
-            path = self._path(self.t_feat_dir, f"{qid}.npz")
-            arr = _read_array(path, "token", what)
+        path, key = self._text_path(qid)
+        arr = _read_array(path, key, f"query {qid}")
         _check_dim(arr, self.t_feat_dim, "config.data.t_feat_dim", path)
-        if len(arr) > self.max_q_l:
-            if not self.truncate_text:
-                raise DataError(
-                    f"{what}: {path} has {len(arr)} tokens > config.data.max_q_l = "
-                    f"{self.max_q_l}; this dataset's text is not truncated (as in the official "
-                    "code), so raise --config.data.max_q_l"
-                )
-            arr = arr[: self.max_q_l]
+        arr = arr[: self._check_text_length(len(arr), qid, path)]
         if self.normalize_text:
             arr = l2_normalize(arr)
         return arr
