@@ -15,6 +15,12 @@ Matches come back as fixed-shape arrays, per layer:
 Data parallel: under ``jax.jit`` with the batch sharded over a mesh axis, pass ``mesh``
 (and ``axis_name``) so the callback runs per shard inside ``jax.shard_map`` on the local
 rows only; without it the callback sees the whole (gathered) batch on one device.
+
+``solver='device'`` solves the same problem inside the computation instead
+(``optax.assignment.hungarian_algorithm``, vmapped over samples and layers): no host round
+trip, so a step can run without leaving the device and its compilation can be cached.
+It returns an optimal assignment, in the same layout; where several assignments are optimal
+(tied costs) it may pick another one than scipy. Ties aside, the two return the same pairs.
 """
 
 from __future__ import annotations
@@ -24,11 +30,13 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import scipy.optimize
 
 from trdetr_jax.spans import generalized_temporal_iou, span_cxw_to_xx
 
 Match = tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]  # (pred_idx, tgt_idx, valid), each [B, W]
+SOLVERS = ("scipy", "device")
 
 
 def match_cost(
@@ -128,12 +136,62 @@ def _assign_callback(cost: jnp.ndarray, tgt_mask: jnp.ndarray):
     )
 
 
+def _assign_one_device(cost: jnp.ndarray, valid_col: jnp.ndarray):
+    """One sample on the device: ``cost [nq, W]``, ``valid_col [W]`` bool -> ``[W]`` x3.
+
+    The same problem :func:`_assign_host` solves: the valid columns only (padded columns
+    get a cost that cannot change the optimum of the valid ones), non-finite costs
+    sanitised as there, pairs ordered by query as scipy returns them.
+    """
+    nq, width = cost.shape
+    finite = jnp.isfinite(cost)
+    magnitude = jnp.max(jnp.where(finite & valid_col[None], jnp.abs(cost), 0.0))
+    big = magnitude * 2 + 1e6
+    cost = jnp.where(jnp.isnan(cost), big, jnp.where(jnp.isinf(cost), jnp.sign(cost) * big, cost))
+    if nq >= width:
+        # Any assignment of the valid columns extends to the padded ones at the same
+        # constant cost (there are enough spare queries): a constant keeps the optimum.
+        pad_cost = jnp.zeros((), cost.dtype)
+    else:
+        # Fewer queries than columns: a padded column must never take a query that a
+        # valid one could have: its cost exceeds anything a valid column can save.
+        hi = jnp.max(jnp.where(valid_col[None], cost, -jnp.inf))
+        lo = jnp.min(jnp.where(valid_col[None], cost, jnp.inf))
+        spread = jnp.where(jnp.any(valid_col), hi - lo, 0.0)
+        pad_cost = jnp.where(jnp.any(valid_col), hi, 0.0) + nq * spread + 1.0
+    cost = jnp.where(valid_col[None], cost, pad_cost)
+    rows, cols = optax.assignment.hungarian_algorithm(cost)  # min(nq, W) pairs each
+    keep = valid_col[cols]
+    # Valid pairs first, by ascending query (scipy's order); then the discarded ones.
+    order = jnp.argsort(jnp.where(keep, rows, nq + jnp.arange(rows.shape[0])))
+    rows, cols, keep = rows[order], cols[order], keep[order]
+    pad = width - rows.shape[0]
+    if pad:
+        rows, cols = (jnp.pad(x, (0, pad)) for x in (rows, cols))
+        keep = jnp.pad(keep, (0, pad))
+    pred_idx = jnp.where(keep, rows, 0).astype(jnp.int32)
+    tgt_idx = jnp.where(keep, cols, 0).astype(jnp.int32)
+    return pred_idx, tgt_idx, keep.astype(jnp.float32)
+
+
+def _assign_device(cost: jnp.ndarray, tgt_mask: jnp.ndarray):
+    """:func:`_assign_one_device` over the leading dims: ``cost [..., nq, W]``, ``tgt_mask [..., W]``."""
+    cost = jax.lax.stop_gradient(cost)
+    nq, width = cost.shape[-2:]
+    lead = jnp.broadcast_shapes(cost.shape[:-2], tgt_mask.shape[:-1])
+    flat_cost = jnp.broadcast_to(cost, (*lead, nq, width)).reshape(-1, nq, width)
+    flat_mask = jnp.broadcast_to(tgt_mask, (*lead, width)).reshape(-1, width) > 0.5
+    out = jax.vmap(_assign_one_device)(flat_cost, flat_mask)
+    return tuple(x.reshape(*lead, width) for x in out)
+
+
 def assign(
     cost: jnp.ndarray,
     tgt_mask: jnp.ndarray,
     *,
     mesh: jax.sharding.Mesh | None = None,
     axis_name: str = "data",
+    solver: str = "scipy",
 ) -> Match:
     """Solve the assignment for stacked costs.
 
@@ -144,11 +202,17 @@ def assign(
         batch shard inside ``jax.shard_map``; the batch axis must be sharded over
         ``axis_name`` (or be shardable: its size divisible by the axis size). Defaults to
         the mesh of a surrounding ``jax.set_mesh`` context, if any.
+      solver: ``'scipy'`` (host callback, the reference) or ``'device'`` (in the
+        computation; see the module docstring for ties).
 
     Returns:
       ``(pred_idx, tgt_idx, valid)``, each ``[n_layers, B, W]``.
     """
+    if solver not in SOLVERS:
+        raise ValueError(f"matcher solver must be one of {SOLVERS}, got {solver!r}")
     tgt_mask = jnp.broadcast_to(tgt_mask[None], (cost.shape[0], *tgt_mask.shape))
+    if solver == "device":
+        return _assign_device(cost, tgt_mask)
     if mesh is None:
         # a mesh set by ``jax.set_mesh`` around the jitted step works too
         context = jax.sharding.get_abstract_mesh()
@@ -176,6 +240,7 @@ def match_layers(
     cost_class: float = 4.0,
     mesh: jax.sharding.Mesh | None = None,
     axis_name: str = "data",
+    solver: str = "scipy",
 ) -> list[Match]:
     """Match every decoder layer with one host callback.
 
@@ -200,7 +265,9 @@ def match_layers(
             for logits, spans in layers
         ]
     )  # [n_layers, B, nq, W]
-    pred_idx, tgt_idx, valid = assign(costs, span_mask, mesh=mesh, axis_name=axis_name)
+    pred_idx, tgt_idx, valid = assign(
+        costs, span_mask, mesh=mesh, axis_name=axis_name, solver=solver
+    )
     return [(pred_idx[i], tgt_idx[i], valid[i]) for i in range(len(layers))]
 
 
@@ -215,6 +282,7 @@ def match(
     cost_class: float = 4.0,
     mesh: jax.sharding.Mesh | None = None,
     axis_name: str = "data",
+    solver: str = "scipy",
 ) -> Match:
     """Match one decoder layer: ``(pred_idx, tgt_idx, valid)``, each ``[B, W]``."""
     return match_layers(
@@ -226,4 +294,5 @@ def match(
         cost_class=cost_class,
         mesh=mesh,
         axis_name=axis_name,
+        solver=solver,
     )[0]
