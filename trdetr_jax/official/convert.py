@@ -1,7 +1,7 @@
 """Convert an official TR-DETR checkpoint into an Orbax checkpoint of our Flax params.
 
-    python -m trdetr_jax.convert --checkpoint model_best.ckpt --out DIR
-    python -m trdetr_jax.convert --checkpoint params.npz --options opt.json --out DIR
+    python -m trdetr_jax.official.convert --checkpoint model_best.ckpt --out DIR
+    python -m trdetr_jax.official.convert --checkpoint params.npz --options opt.json --out DIR
 
 ``--checkpoint``: the official ``.ckpt`` (``torch.save({'model': state_dict, 'opt': ...})``,
 needs torch) or an ``.npz`` of state_dict arrays. ``--options``: the official ``opt.json``, or
@@ -27,20 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from trdetr_jax import porting
+from trdetr_jax.official.checkpoint_file import load_checkpoint
+from trdetr_jax.official.keys import state_dict_to_params
+from trdetr_jax.official.options import options_to_config, read_options
 
 PARAMS_SUBDIR = "params"
 CONFIG_FILE = "config.json"
-
-
-def read_options(path: str | os.PathLike) -> dict[str, Any]:
-    """Official options from ``opt.json`` or from a fixture ``config.json`` (key ``opt``)."""
-    data = json.loads(pathlib.Path(path).read_text())
-    if isinstance(data, dict) and isinstance(data.get("opt"), dict):
-        return data["opt"]
-    if not isinstance(data, dict) or "hidden_dim" not in data:
-        raise ValueError(f"{path}: not official options (no 'hidden_dim' and no 'opt' entry)")
-    return data
 
 
 def convert(
@@ -58,7 +50,7 @@ def convert(
     out = pathlib.Path(out).resolve()
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    state_dict, opt = porting.load_checkpoint(checkpoint, trust_pickle=trust_pickle)
+    state_dict, opt = load_checkpoint(checkpoint, trust_pickle=trust_pickle)
     if options is not None:
         opt = read_options(options)
     if opt is None:
@@ -66,10 +58,10 @@ def convert(
             f"{checkpoint} carries no options: pass --options opt.json (the official run's "
             "opt.json, or a fixture config.json)"
         )
-    config = porting.options_to_config(opt)
+    config = options_to_config(opt)
     from trdetr_jax.model import model_kwargs_from_config
 
-    params = porting.state_dict_to_params(
+    params = state_dict_to_params(
         state_dict, model_kwargs_from_config(config), dtype=np.dtype(dtype) if dtype else None
     )
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -104,7 +96,7 @@ def load_converted(directory: str | os.PathLike) -> tuple[dict[str, Any], Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m trdetr_jax.convert", description=__doc__.split("\n\n")[0]
+        prog="python -m trdetr_jax.official.convert", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
         "--checkpoint", required=True, help="official model_best.ckpt or params .npz"
