@@ -40,6 +40,7 @@ def model_kwargs_from_options(
     return kwargs
 
 
+_DSET_NAMES = ("hl", "tvsum")  # the official parser's dset_name choices
 _SOURCE_DIMS = (("slowfast", 2304), ("clip", 512), ("i3d", 1024), ("vgg", 4096))
 
 
@@ -61,14 +62,32 @@ def _split_video_dims(dirs: list[str], total: int) -> tuple[int, ...]:
     return (total,)
 
 
+def _shipped_annotation(dataset: str, official_path: str | None) -> str | None:
+    """The shipped annotation file with the official path's file name, if there is one."""
+    from trdetr_jax import annotations
+
+    if not official_path:
+        return None
+    name = os.path.basename(os.path.normpath(official_path))
+    if name not in annotations.FILES[dataset].values():
+        return None
+    return str(annotations.ROOT / dataset / name)
+
+
 def options_to_config(opt: Mapping[str, Any] | argparse.Namespace):
     """Official options (``opt.json`` dict, ``config.json['opt']`` or the checkpoint's Namespace)
-    -> our ml_collections config (``trdetr_jax.config.get_base_config()`` with fields set).
+    -> our ml_collections config.
+
+    The config starts from the dataset's own defaults (``get_tvsum_config`` for
+    ``dset_name='tvsum'``, ``get_base_config`` (QVHighlights) for ``'hl'``): file layouts,
+    annotation files, text normalisation and the model-selection metric; the options then
+    set what the official run chose. An official ``train_path``/``eval_path`` naming a
+    shipped annotation file (same file name) selects that file.
 
     ``opt.json`` is written before the official parser adds 2 to ``v_feat_dim`` for the TEF,
     the Namespace (and fixture ``opt``) after; the presence of ``use_tef`` tells them apart.
     """
-    from trdetr_jax.config import get_base_config
+    from trdetr_jax.config import get_base_config, get_tvsum_config
 
     o = dict(vars(opt)) if isinstance(opt, argparse.Namespace) else dict(opt)
     unsupported = {
@@ -91,15 +110,26 @@ def options_to_config(opt: Mapping[str, Any] | argparse.Namespace):
                 stacklevel=2,
             )
 
-    c = get_base_config()
+    dset = o.get("dset_name") or "hl"
+    if dset not in _DSET_NAMES:
+        raise ValueError(
+            f"official option dset_name={dset!r} is not known: expected one of "
+            + ", ".join(repr(k) for k in _DSET_NAMES)
+        )
+    if dset == "tvsum":
+        c = get_tvsum_config({"domain": o.get("dset_domain") or ""})
+    else:
+        c = get_base_config()
     ctx_mode = o.get("ctx_mode", "video_tef")
     use_tef = "tef" in ctx_mode
     tef_added = "use_tef" in o  # parsed options already hold v_feat_dim + 2
     v_dim = int(o["v_feat_dim"]) - (2 if use_tef and tef_added else 0)
-    dset = o.get("dset_name", "hl")
     c.seed = int(o.get("seed", c.seed))
 
-    c.data.dataset = "tvsum" if dset == "tvsum" else "qvhighlights"
+    for field in ("train_path", "eval_path"):
+        shipped = _shipped_annotation(c.data.dataset, o.get(field))
+        if shipped is not None:
+            setattr(c.data, field, shipped)
     c.data.v_feat_dirs = tuple(os.path.basename(os.path.normpath(p)) for p in o["v_feat_dirs"])
     c.data.v_feat_dims = _split_video_dims(list(o["v_feat_dirs"]), v_dim)
     c.data.t_feat_dir = os.path.basename(os.path.normpath(o["t_feat_dir"]))
@@ -110,12 +140,12 @@ def options_to_config(opt: Mapping[str, Any] | argparse.Namespace):
         c.data.a_feat_dim = int(o["a_feat_dim"]) - (2 if use_tef else 0)
     c.data.use_tef = use_tef
     c.data.normalize_video = not o.get("no_norm_vfeat", False)
-    c.data.normalize_text = not o.get("no_norm_tfeat", False)
+    if dset != "tvsum":  # the official TVSum reader uses the text as stored, whatever the flag
+        c.data.normalize_text = not o.get("no_norm_tfeat", False)
     c.data.clip_length = float(o.get("clip_length", 2))
     c.data.max_v_l = int(o.get("max_v_l", 75))
     c.data.max_q_l = int(o.get("max_q_l", 32))
     c.data.max_windows = int(o.get("max_windows", 5))
-    c.data.domain = o.get("dset_domain")
     c.data.data_ratio = float(o.get("data_ratio", 1.0))
     c.data.eval_split_name = o.get("eval_split_name", "val")
 
@@ -137,7 +167,6 @@ def options_to_config(opt: Mapping[str, Any] | argparse.Namespace):
             setattr(loss, name, float(o[name]))
     loss.vtc_loss_coef = float(o.get("VTC_loss_coef", loss.vtc_loss_coef))
     loss.ctc_loss_coef = float(o.get("CTC_loss_coef", loss.ctc_loss_coef))
-    loss.use_matcher = dset != "tvsum"
 
     c.optim.lr = float(o.get("lr", c.optim.lr))
     c.optim.weight_decay = float(o.get("wd", c.optim.weight_decay))
