@@ -227,7 +227,7 @@ def _input_dims(sd: Mapping[str, np.ndarray]) -> tuple[int, int]:
     for name in ("input_vid_proj", "input_txt_proj"):
         key = f"{name}.0.LayerNorm.weight"
         if key not in sd:
-            raise KeyError(f"missing key {key!r}: needed to know the {name} input dimension")
+            raise ValueError(f"missing key {key!r}: needed to know the {name} input dimension")
         dims.append(int(np.shape(sd[key])[0]))
     return dims[0], dims[1]
 

@@ -13,8 +13,27 @@ from typing import Any
 
 
 def read_options(path: str | os.PathLike) -> dict[str, Any]:
-    """Official options from ``opt.json`` or from a fixture ``config.json`` (key ``opt``)."""
-    data = json.loads(pathlib.Path(path).read_text())
+    """Official options from ``opt.json`` or from a fixture ``config.json`` (key ``opt``).
+
+    A file that cannot be read, is not JSON or holds no options raises ValueError, one line
+    naming the file.
+    """
+    try:
+        text = pathlib.Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path}: not an options file (not UTF-8 text: byte {err.start} is "
+            f"0x{err.object[err.start]:02x})"
+        ) from err
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read the options file ({err.strerror or err})") from err
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path}: not an options file (invalid JSON at line {err.lineno} column "
+            f"{err.colno}: {err.msg})"
+        ) from err
     if isinstance(data, dict) and isinstance(data.get("opt"), dict):
         return data["opt"]
     if not isinstance(data, dict) or "hidden_dim" not in data:
@@ -40,6 +59,8 @@ def model_kwargs_from_options(
     return kwargs
 
 
+_REQUIRED = ("v_feat_dirs", "v_feat_dim", "t_feat_dir", "t_feat_dim", "hidden_dim", "nheads",
+             "enc_layers", "dec_layers", "dim_feedforward", "num_queries")  # fmt: skip
 _DSET_NAMES = ("hl", "tvsum")  # the official parser's dset_name choices
 _SOURCE_DIMS = (("slowfast", 2304), ("clip", 512), ("i3d", 1024), ("vgg", 4096))
 
@@ -90,6 +111,9 @@ def options_to_config(opt: Mapping[str, Any] | argparse.Namespace):
     from trdetr_jax.config import get_base_config, get_tvsum_config
 
     o = dict(vars(opt)) if isinstance(opt, argparse.Namespace) else dict(opt)
+    missing = [k for k in _REQUIRED if o.get(k) is None]
+    if missing:
+        raise ValueError(f"official options lack {', '.join(missing)}")
     unsupported = {
         "pre_norm": (o.get("pre_norm", False), False),
         "contrastive_align_loss": (o.get("contrastive_align_loss", False), False),
