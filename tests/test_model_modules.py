@@ -462,9 +462,9 @@ def test_float64_end_to_end():
             assert v.dtype == np.float64, k
 
 
-def test_init_runs_and_matches_the_porting_tree():
+def test_init_runs_and_matches_the_official_key_table():
     """A real (jitted) init: torch-like initialisers, the key table covers every leaf."""
-    from trdetr_jax import porting
+    from trdetr_jax.official import keys
 
     model = TRDETR(**dict(TINY, dec_layers=1))
     args = tiny_inputs()
@@ -472,7 +472,7 @@ def test_init_runs_and_matches_the_porting_tree():
         lambda k: model.init(k, *args, train=False)["params"], compiler_options=FAST_COMPILE
     )
     params = init(jax.random.key(0))
-    sd = porting.params_to_state_dict(params)
+    sd = keys.params_to_state_dict(params)
     assert sd["transformer.decoder.layers.0.activation.weight"][0] == np.float32(0.25)
     np.testing.assert_array_equal(sd["transformer.decoder.bbox_embed.layers.2.bias"], 0.0)
     np.testing.assert_array_equal(sd["transformer.encoder.layers.0.self_attn.in_proj_bias"], 0.0)

@@ -15,8 +15,8 @@ import jax
 import numpy as np
 import pytest
 
-from trdetr_jax import porting
 from trdetr_jax.model import TRDETR, collect_intermediates, flatten_outputs
+from trdetr_jax.official import keys, options
 
 CASES = ["qvh_video_s0", "small_qvh_f64", "small_tvsum"]
 SRC_ED = ("src_txt_ed", "src_vid_ed", "src_txt_cls_ed", "src_vid_cls_ed")
@@ -37,10 +37,10 @@ def _run_case(case_dir, compat):
     float64 = cfg["dtype"] == "torch.float64"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # synthetic feature sizes cannot be split per source
-        kwargs = porting.model_kwargs_from_options(cfg["opt"], float64=float64)
+        kwargs = options.model_kwargs_from_options(cfg["opt"], float64=float64)
     kwargs["compat"] = compat
     with np.load(case_dir / "params.npz") as z:
-        params = porting.state_dict_to_params(dict(z), kwargs)
+        params = keys.state_dict_to_params(dict(z), kwargs)
     with np.load(case_dir / "inputs.npz") as z:
         inp = dict(z)
     model = TRDETR(**kwargs)

@@ -159,7 +159,7 @@ def frozen_mask(
 ) -> Any:
     """Pytree of bools (True = frozen) from a rule on official state_dict keys.
 
-    ``params_to_state_dict`` (the porting table) only moves values around (transposes,
+    ``params_to_state_dict`` (the official key table) only moves values around (transposes,
     splits, concatenations), so filling each leaf with its own index and converting tells
     which leaves every official key is made of.
     """
@@ -178,10 +178,10 @@ def make_optimizer_from_config(
 ) -> optax.GradientTransformation:
     """The optimiser the config describes; frozen parameters as the official code.
 
-    ``params_to_state_dict`` defaults to the porting table's.
+    ``params_to_state_dict`` defaults to the official key table's (``official.keys``).
     """
     if params_to_state_dict is None:
-        from trdetr_jax.porting import params_to_state_dict
+        from trdetr_jax.official.keys import params_to_state_dict
 
     use_matcher = bool(config.loss.use_matcher)
 

@@ -307,15 +307,16 @@ def run(
     jax.config.update("jax_enable_x64", compute64)
     import jax.numpy as jnp
 
-    from trdetr_jax import losses, matcher, objective, porting
+    from trdetr_jax import losses, matcher, objective
     from trdetr_jax.model import TRDETR, collect_intermediates, flatten_outputs
+    from trdetr_jax.official import keys, options
 
     opt = json.loads((fixture / "config.json").read_text())["opt"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # per-source feature sizes of synthetic fixtures
-        config = porting.options_to_config(opt)
-        kwargs = porting.model_kwargs_from_options(opt, float64=compute64)
-    params = porting.state_dict_to_params(_upcast(sd) if compute64 else sd, kwargs)
+        config = options.options_to_config(opt)
+        kwargs = options.model_kwargs_from_options(opt, float64=compute64)
+    params = keys.state_dict_to_params(_upcast(sd) if compute64 else sd, kwargs)
     model = TRDETR(**kwargs)
     loss_cfg = losses.LossConfig.from_config(config)
     inputs = _load_npz(fixture / "inputs.npz")
@@ -379,7 +380,7 @@ def run(
                 cols = np.flatnonzero(batch["span_mask"][b] > 0)
                 ours_cost[f"{fixture_name}_cost_{b}"] = cost[b][:, cols]
 
-    grads_sd = porting.params_to_state_dict(jax.tree.map(np.asarray, grads))
+    grads_sd = keys.params_to_state_dict(jax.tree.map(np.asarray, grads))
 
     # ---- one optimiser step on the fixture's gradients (ours where it has none stored)
     ours_step = _optimizer_step(sd, grads_sd, grads_ref, info, config, loss_cfg, float64)

@@ -1,7 +1,7 @@
 """Multi-head attention with PyTorch's numerics and parameter layout.
 
 ``TorchMultiheadAttention`` is ``torch.nn.MultiheadAttention`` (separate q/k/v Dense layers
-here, one packed ``in_proj_weight`` there; ``porting`` splits it). ``ProjectionFreeAttention``
+here, one packed ``in_proj_weight`` there; ``official.keys`` splits it). ``ProjectionFreeAttention``
 is the decoder's attention that receives already-projected q/k/v and only owns ``out_proj``;
 its query/key head size may differ from the value head size (the decoder's cross-attention
 concatenates a content and a positional half per head).

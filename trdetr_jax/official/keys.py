@@ -1,4 +1,4 @@
-"""Official PyTorch weights <-> Flax params, and official options -> our config.
+"""The official ``state_dict`` key <-> Flax param path table, both ways.
 
 One explicit key table (:func:`key_table`) maps every official ``state_dict`` key to the
 Flax param path(s) it becomes, with the transform:
@@ -25,12 +25,7 @@ structure, e.g. a gradient, so gradients can be compared with official ones by k
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import os
-import pathlib
-import pickle
-import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -232,7 +227,7 @@ def _input_dims(sd: Mapping[str, np.ndarray]) -> tuple[int, int]:
     for name in ("input_vid_proj", "input_txt_proj"):
         key = f"{name}.0.LayerNorm.weight"
         if key not in sd:
-            raise KeyError(f"missing key {key!r}: needed to know the {name} input dimension")
+            raise ValueError(f"missing key {key!r}: needed to know the {name} input dimension")
         dims.append(int(np.shape(sd[key])[0]))
     return dims[0], dims[1]
 
@@ -279,7 +274,7 @@ def state_dict_to_params(
     ignores unexpected keys (e.g. the fuser's when loading official weights into a model with
     ``use_vfr=False``). ``dtype``: cast the arrays (default: keep the checkpoint's dtype).
     """
-    sd = {k: _as_numpy(v) for k, v in strip_prefix(sd).items()}
+    sd = {k: as_numpy(v) for k, v in strip_prefix(sd).items()}
     vid_dim, txt_dim = _input_dims(sd)
     flax_shapes = expected_param_shapes(model_kwargs, vid_dim, txt_dim)
     table = key_table(**model_kwargs)
@@ -352,182 +347,8 @@ def params_to_state_dict(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return sd
 
 
-# -------------------------------------------------------------------------------- file loading
-def _as_numpy(x: Any) -> np.ndarray:
+def as_numpy(x: Any) -> np.ndarray:
+    """A torch tensor (without importing torch) or array-like as a numpy array."""
     if hasattr(x, "detach"):  # torch tensor
         return x.detach().cpu().numpy()
     return np.asarray(x)
-
-
-def load_checkpoint(
-    path: str | os.PathLike, *, trust_pickle: bool = False
-) -> tuple[dict[str, np.ndarray], Any]:
-    """Read an official ``.ckpt`` (needs torch) or an ``.npz`` of state_dict arrays.
-
-    Returns (state_dict of numpy arrays, options or None). A ``.ckpt`` holds
-    ``{'model': state_dict, 'opt': argparse.Namespace, ...}``; it is read with torch's
-    restricted unpickler (tensors, containers, ``argparse.Namespace``). ``trust_pickle``
-    allows arbitrary pickled objects: only for files from a trusted source.
-    """
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix == ".npz":
-        with np.load(path) as z:
-            return {k: z[k] for k in z.files}, None
-    try:
-        import torch
-    except ImportError as err:
-        raise ImportError(
-            f"reading {path} needs PyTorch (pip install 'trdetr_jax[torch]'), "
-            "or convert the state_dict to an .npz of arrays first"
-        ) from err
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if not trust_pickle:
-            raise ValueError(
-                f"{path} holds objects the restricted unpickler refuses ({err}); if the file "
-                "comes from a trusted source, pass --trust-pickle"
-            ) from err
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(ckpt, Mapping) and "model" in ckpt:
-        sd, opt = ckpt["model"], ckpt.get("opt")
-    elif isinstance(ckpt, Mapping):
-        sd, opt = ckpt, None
-    else:
-        raise ValueError(f"{path}: expected a dict with a 'model' state_dict, got {type(ckpt)}")
-    return {k: _as_numpy(v) for k, v in sd.items()}, opt
-
-
-def model_kwargs_from_options(
-    opt: Mapping[str, Any] | argparse.Namespace, *, float64: bool = False
-):
-    """``TRDETR`` kwargs for a model built with these official options.
-
-    ``float64``: compute and params in float64 (needs ``jax_enable_x64``), for parity with a
-    float64 official run.
-    """
-    import jax.numpy as jnp
-
-    from trdetr_jax.model import model_kwargs_from_config
-
-    kwargs = model_kwargs_from_config(options_to_config(opt))
-    if float64:
-        kwargs.update(dtype=jnp.float64, param_dtype=jnp.float64)
-    return kwargs
-
-
-# ---------------------------------------------------------------------------- options -> config
-_SOURCE_DIMS = (("slowfast", 2304), ("clip", 512), ("i3d", 1024), ("vgg", 4096))
-
-
-def _split_video_dims(dirs: list[str], total: int) -> tuple[int, ...]:
-    """Per-source feature sizes from the official summed ``v_feat_dim`` (TEF excluded)."""
-    if len(dirs) <= 1:
-        return (total,)
-    guess = []
-    for d in dirs:
-        name = os.path.basename(os.path.normpath(d)).lower()
-        guess.append(next((n for key, n in _SOURCE_DIMS if key in name), None))
-    if None not in guess and sum(guess) == total:
-        return tuple(guess)
-    warnings.warn(
-        f"cannot split v_feat_dim={total} over the video sources {dirs}: config.data.v_feat_dims "
-        f"is set to ({total},); set the per-source sizes by hand before loading data",
-        stacklevel=3,
-    )
-    return (total,)
-
-
-def options_to_config(opt: Mapping[str, Any] | argparse.Namespace):
-    """Official options (``opt.json`` dict, ``config.json['opt']`` or the checkpoint's Namespace)
-    -> our ml_collections config (``trdetr_jax.config.get_base_config()`` with fields set).
-
-    ``opt.json`` is written before the official parser adds 2 to ``v_feat_dim`` for the TEF,
-    the Namespace (and fixture ``opt``) after; the presence of ``use_tef`` tells them apart.
-    """
-    from trdetr_jax.config import get_base_config
-
-    o = dict(vars(opt)) if isinstance(opt, argparse.Namespace) else dict(opt)
-    unsupported = {
-        "pre_norm": (o.get("pre_norm", False), False),
-        "contrastive_align_loss": (o.get("contrastive_align_loss", False), False),
-        "span_loss_type": (o.get("span_loss_type", "l1"), "l1"),
-        "position_embedding": (o.get("position_embedding", "sine"), "sine"),
-        "use_txt_pos": (o.get("use_txt_pos", False), False),
-    }
-    for name, (value, supported) in unsupported.items():
-        if value != supported and not (name == "position_embedding" and value == "v2"):
-            raise ValueError(
-                f"official option {name}={value!r} is not supported (only {supported!r})"
-            )
-
-    for name in ("txt_drop_ratio", "conf_thd"):  # train/eval-time options our config lacks
-        if float(o.get(name, 0) or 0) != 0:
-            warnings.warn(
-                f"official option {name}={o[name]} has no counterpart in our config; ignored",
-                stacklevel=2,
-            )
-
-    c = get_base_config()
-    ctx_mode = o.get("ctx_mode", "video_tef")
-    use_tef = "tef" in ctx_mode
-    tef_added = "use_tef" in o  # parsed options already hold v_feat_dim + 2
-    v_dim = int(o["v_feat_dim"]) - (2 if use_tef and tef_added else 0)
-    dset = o.get("dset_name", "hl")
-    c.seed = int(o.get("seed", c.seed))
-
-    c.data.dataset = "tvsum" if dset == "tvsum" else "qvhighlights"
-    c.data.v_feat_dirs = tuple(os.path.basename(os.path.normpath(p)) for p in o["v_feat_dirs"])
-    c.data.v_feat_dims = _split_video_dims(list(o["v_feat_dirs"]), v_dim)
-    c.data.t_feat_dir = os.path.basename(os.path.normpath(o["t_feat_dir"]))
-    c.data.t_feat_dim = int(o["t_feat_dim"])
-    if o.get("a_feat_dir"):
-        c.data.a_feat_dir = os.path.basename(os.path.normpath(o["a_feat_dir"]))
-        # The official audio dim counts the audio's own TEF (PANN 2048 + 2 = 2050).
-        c.data.a_feat_dim = int(o["a_feat_dim"]) - (2 if use_tef else 0)
-    c.data.use_tef = use_tef
-    c.data.normalize_video = not o.get("no_norm_vfeat", False)
-    c.data.normalize_text = not o.get("no_norm_tfeat", False)
-    c.data.clip_length = float(o.get("clip_length", 2))
-    c.data.max_v_l = int(o.get("max_v_l", 75))
-    c.data.max_q_l = int(o.get("max_q_l", 32))
-    c.data.max_windows = int(o.get("max_windows", 5))
-    c.data.domain = o.get("dset_domain")
-    c.data.data_ratio = float(o.get("data_ratio", 1.0))
-    c.data.eval_split_name = o.get("eval_split_name", "val")
-
-    m = c.model
-    m.compat = "official"
-    for name in ("hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward"):
-        setattr(m, name, int(o[name]))
-    m.num_queries = int(o["num_queries"])
-    m.n_input_proj = int(o.get("n_input_proj", 2))
-    m.input_dropout = float(o.get("input_dropout", 0.5))
-    m.dropout = float(o.get("dropout", 0.1))
-    m.aux_loss = bool(o.get("aux_loss", True))
-
-    loss = c.loss
-    for name in ("set_cost_span", "set_cost_giou", "set_cost_class", "span_loss_coef",
-                 "giou_loss_coef", "label_loss_coef", "lw_saliency", "saliency_margin",
-                 "temperature"):  # fmt: skip
-        if name in o:
-            setattr(loss, name, float(o[name]))
-    loss.vtc_loss_coef = float(o.get("VTC_loss_coef", loss.vtc_loss_coef))
-    loss.ctc_loss_coef = float(o.get("CTC_loss_coef", loss.ctc_loss_coef))
-    loss.use_matcher = dset != "tvsum"
-
-    c.optim.lr = float(o.get("lr", c.optim.lr))
-    c.optim.weight_decay = float(o.get("wd", c.optim.weight_decay))
-    c.optim.grad_clip = float(o.get("grad_clip", c.optim.grad_clip))
-    c.optim.lr_drop = int(o.get("lr_drop", c.optim.lr_drop))
-    c.train.num_epochs = int(o.get("n_epoch", c.train.num_epochs))
-    c.train.batch_size = int(o.get("bsz", c.train.batch_size))
-    c.train.eval_batch_size = int(o.get("eval_bsz", c.train.eval_batch_size))
-    c.train.max_es_cnt = int(o.get("max_es_cnt", c.train.max_es_cnt))
-    c.eval.nms_thd = float(o.get("nms_thd", c.eval.nms_thd))
-    c.eval.max_before_nms = int(o.get("max_before_nms", c.eval.max_before_nms))
-    c.eval.max_after_nms = int(o.get("max_after_nms", c.eval.max_after_nms))
-    return c

@@ -1,8 +1,7 @@
-"""The official state_dict <-> Flax params key table, options -> config, and the converter."""
+"""The official state_dict key <-> Flax param path table (trdetr_jax.official.keys)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import jax
@@ -10,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trdetr_jax import convert, porting
+from trdetr_jax.official import keys, options
 
 D_VID, D_TXT = 10, 6
 
@@ -25,9 +24,9 @@ def tiny_kwargs(**overrides):
 def init_params(kwargs, seed=0):
     """Random params with the model's tree (shapes by tracing only: no compilation)."""
     rng = np.random.default_rng(seed)
-    shapes = porting.expected_param_shapes(kwargs, D_VID, D_TXT)
+    shapes = keys.expected_param_shapes(kwargs, D_VID, D_TXT)
     flat = {p: rng.standard_normal(s).astype(np.float32) for p, s in shapes.items()}
-    return porting.unflatten_params(flat)
+    return keys.unflatten_params(flat)
 
 
 @pytest.fixture(scope="module")
@@ -54,17 +53,17 @@ def tree_equal(a, b):
 def test_round_trip_params_state_dict_params(overrides):
     kwargs = tiny_kwargs(**overrides)
     params = init_params(kwargs)
-    sd = porting.params_to_state_dict(params)
+    sd = keys.params_to_state_dict(params)
     n_leaves = len(jax.tree.leaves(params))
     # Packed tensors: in_proj (weight, bias) per encoder/T2V layer and 4 GRU tensors
     # each cover several Flax leaves.
     n_enc = kwargs["enc_layers"]
     assert len(sd) == n_leaves - 2 * 2 * n_enc * 2 - 4 * 2
-    tree_equal(porting.state_dict_to_params(sd, kwargs), params)
+    tree_equal(keys.state_dict_to_params(sd, kwargs), params)
 
 
 def test_official_key_set_and_shapes(tiny_params):
-    sd = porting.params_to_state_dict(tiny_params)
+    sd = keys.params_to_state_dict(tiny_params)
     d, f = 256, 32
     expect = {
         "transformer.t2v_encoder.layers.0.self_attn.in_proj_weight": (3 * d, d),
@@ -96,7 +95,7 @@ def test_official_key_set_and_shapes(tiny_params):
 
 
 def test_packed_and_reshaped_transforms(tiny_params):
-    p, sd = tiny_params, porting.params_to_state_dict(tiny_params)
+    p, sd = tiny_params, keys.params_to_state_dict(tiny_params)
     d = 256
     attn = p["encoder"]["layer_0"]["self_attn"]
     w = sd["transformer.encoder.layers.0.self_attn.in_proj_weight"]
@@ -138,10 +137,10 @@ def test_packed_and_reshaped_transforms(tiny_params):
 def test_fixture_state_dict_round_trips_exactly(reference_dir):
     case = reference_dir / "small_tvsum"
     opt = json.loads((case / "config.json").read_text())["opt"]
-    kwargs = porting.model_kwargs_from_options(opt)
+    kwargs = options.model_kwargs_from_options(opt)
     with np.load(case / "params.npz") as z:
         sd = dict(z)
-    back = porting.params_to_state_dict(porting.state_dict_to_params(sd, kwargs))
+    back = keys.params_to_state_dict(keys.state_dict_to_params(sd, kwargs))
     assert set(back) == set(sd)
     for k in sd:
         assert back[k].dtype == sd[k].dtype
@@ -150,140 +149,54 @@ def test_fixture_state_dict_round_trips_exactly(reference_dir):
 
 def test_errors_name_key_and_shapes(tiny_params):
     kwargs = tiny_kwargs()
-    sd = porting.params_to_state_dict(tiny_params)
+    sd = keys.params_to_state_dict(tiny_params)
     missing = dict(sd)
     del missing["transformer.decoder.norm.bias"]
     with pytest.raises(
         ValueError, match=r"missing key 'transformer.decoder.norm.bias' \(expected shape \(256,\)\)"
     ):
-        porting.state_dict_to_params(missing, kwargs)
+        keys.state_dict_to_params(missing, kwargs)
     extra = dict(sd, **{"contrastive_align_projection_query.weight": np.zeros((64, 256))})
     with pytest.raises(
         ValueError,
         match=r"unexpected key 'contrastive_align_projection_query.weight' with shape \(64, 256\)",
     ):
-        porting.state_dict_to_params(extra, kwargs)
+        keys.state_dict_to_params(extra, kwargs)
     bad = dict(sd, **{"transformer.encoder.layers.0.linear1.weight": np.zeros((64, 256))})
     with pytest.raises(
         ValueError,
         match=r"'transformer.encoder.layers.0.linear1.weight': expected shape \(32, 256\), found \(64, 256\)",
     ):
-        porting.state_dict_to_params(bad, kwargs)
+        keys.state_dict_to_params(bad, kwargs)
     # A model with more layers than the checkpoint: every absent layer key is reported.
     with pytest.raises(
         ValueError, match=r"missing key 'transformer.encoder.layers.1.norm2.weight'"
     ):
-        porting.state_dict_to_params(sd, tiny_kwargs(enc_layers=2))
+        keys.state_dict_to_params(sd, tiny_kwargs(enc_layers=2))
 
 
 def test_dataparallel_prefix_is_stripped(tiny_params):
-    sd = {"module." + k: v for k, v in porting.params_to_state_dict(tiny_params).items()}
-    tree_equal(porting.state_dict_to_params(sd, tiny_kwargs()), tiny_params)
+    sd = {"module." + k: v for k, v in keys.params_to_state_dict(tiny_params).items()}
+    tree_equal(keys.state_dict_to_params(sd, tiny_kwargs()), tiny_params)
 
 
 def test_params_to_state_dict_accepts_gradients(tiny_params):
     """Gradients (same tree as params) map to official keys for comparison by name."""
     grads = jax.tree.map(lambda x: jnp.full_like(x, 0.5), tiny_params)
-    sd = porting.params_to_state_dict({"params": grads})
-    assert set(sd) == set(porting.params_to_state_dict(tiny_params))
+    sd = keys.params_to_state_dict({"params": grads})
+    assert set(sd) == set(keys.params_to_state_dict(tiny_params))
     assert all(np.all(v == 0.5) for v in sd.values())
-
-
-def test_options_to_config_from_parsed_and_saved_options(reference_dir):
-    opt = json.loads((reference_dir / "qvh_video_s0" / "config.json").read_text())["opt"]
-    c = porting.options_to_config(opt)  # parsed: v_feat_dim 2818 includes the TEF
-    assert c.data.v_feat_dims == (2304, 512) and c.data.v_feat_dirs == (
-        "slowfast_features",
-        "clip_features",
-    )
-    assert c.data.use_tef and c.data.t_feat_dim == 512 and c.data.max_v_l == 75
-    assert c.model.compat == "official" and c.model.dim_feedforward == 1024
-    assert (c.loss.vtc_loss_coef, c.loss.ctc_loss_coef, c.loss.label_loss_coef) == (0.3, 0.5, 4.0)
-    assert c.loss.use_matcher
-    saved = {k: v for k, v in opt.items() if k not in ("use_tef", "use_video", "pin_memory")}
-    saved["v_feat_dim"] = 2816  # opt.json is written before the parser adds the TEF
-    assert porting.options_to_config(argparse.Namespace(**saved)).data.v_feat_dims == (2304, 512)
-    tvsum = json.loads((reference_dir / "small_tvsum" / "config.json").read_text())["opt"]
-    c = porting.options_to_config(tvsum)
-    assert c.data.dataset == "tvsum" and not c.loss.use_matcher and c.data.v_feat_dims == (48,)
-    with pytest.raises(ValueError, match="pre_norm"):
-        porting.options_to_config(dict(opt, pre_norm=True))
-    with pytest.warns(UserWarning, match="txt_drop_ratio"):
-        porting.options_to_config(dict(opt, txt_drop_ratio=0.1))
-
-
-def test_load_checkpoint_ckpt_with_torch(tmp_path, tiny_params):
-    torch = pytest.importorskip("torch")
-    sd = porting.params_to_state_dict(tiny_params)
-    path = tmp_path / "model_best.ckpt"
-    opt = argparse.Namespace(hidden_dim=256, device=torch.device("cpu"), v_feat_dirs=["a/b"])
-    torch.save(
-        {
-            "model": {k: torch.from_numpy(np.array(v)) for k, v in sd.items()},
-            "opt": opt,
-            "epoch": 3,
-        },
-        path,
-    )
-    loaded, got_opt = porting.load_checkpoint(path)
-    assert got_opt.hidden_dim == 256
-    tree_equal(porting.state_dict_to_params(loaded, tiny_kwargs()), tiny_params)
-    # Objects outside the restricted unpickler's allow-list need an explicit opt-in.
-    torch.save({"model": {}, "extra": _Custom()}, tmp_path / "odd.ckpt")
-    with pytest.raises(ValueError, match="trust-pickle"):
-        porting.load_checkpoint(tmp_path / "odd.ckpt")
-    assert porting.load_checkpoint(tmp_path / "odd.ckpt", trust_pickle=True)[0] == {}
-
-
-class _Custom:
-    pass
-
-
-def test_convert_cli_writes_orbax_params_and_config(tmp_path, reference_dir):
-    case = reference_dir / "small_tvsum"
-    out = tmp_path / "converted"
-    rc = convert.main(
-        [
-            "--checkpoint",
-            str(case / "params.npz"),
-            "--options",
-            str(case / "config.json"),
-            "--out",
-            str(out),
-        ]
-    )
-    assert rc == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["converted"]  # no temp folder left
-    params, config = convert.load_converted(out)
-    assert config.data.dataset == "tvsum" and config.model.dim_feedforward == 64
-    with np.load(case / "params.npz") as z:
-        back = porting.params_to_state_dict(params)
-        for k in z.files:
-            np.testing.assert_array_equal(back[k], z[k], err_msg=k)
-    assert (
-        convert.main(
-            [
-                "--checkpoint",
-                str(case / "params.npz"),
-                "--options",
-                str(case / "config.json"),
-                "--out",
-                str(out),
-            ]
-        )
-        == 2
-    )
 
 
 def test_ablated_models_and_non_strict_loading(tiny_params):
     kwargs = tiny_kwargs(use_vfr=False, use_mr2hd=False)
     params = init_params(kwargs)
     assert "vfr" not in params and "mr2hd" not in params
-    sd = porting.params_to_state_dict(params)
+    sd = keys.params_to_state_dict(params)
     assert not any(k.startswith(("fuser.", "gru_extractor.")) for k in sd)
-    tree_equal(porting.state_dict_to_params(sd, kwargs), params)
-    full = porting.params_to_state_dict(tiny_params)  # official weights: fuser + GRU present
+    tree_equal(keys.state_dict_to_params(sd, kwargs), params)
+    full = keys.params_to_state_dict(tiny_params)  # official weights: fuser + GRU present
     with pytest.raises(ValueError, match="unexpected key 'fuser.cq_attention.w4C'"):
-        porting.state_dict_to_params(full, kwargs)
-    loaded = porting.state_dict_to_params(full, kwargs, strict=False)
+        keys.state_dict_to_params(full, kwargs)
+    loaded = keys.state_dict_to_params(full, kwargs, strict=False)
     assert "vfr" not in loaded and "mr2hd" not in loaded
