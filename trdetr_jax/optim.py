@@ -150,13 +150,20 @@ def adamw(learning_rate: float | StepLR, weight_decay: float) -> optax.GradientT
         count = state.count + 1
         drops = state.count // sched.steps_per_drop
 
+        looked_up = {}  # dtype -> this step's (decay, -step size, sqrt(1 - b2**t))
+
         def scalars(dtype):
-            decay, steps, bc2_sqrt = _adamw_tables(sched, wd, np.dtype(dtype).name)
-            k = jnp.minimum(drops, len(decay) - 1)
-            t = jnp.minimum(count, steps.shape[1]) - 1
-            neg_step = -jnp.asarray(steps)[k, t]
-            bc2 = jnp.asarray(bc2_sqrt)[jnp.minimum(count, len(bc2_sqrt)) - 1]
-            return jnp.asarray(decay)[k], neg_step, bc2
+            name = np.dtype(dtype).name
+            if name not in looked_up:
+                decay, steps, bc2_sqrt = _adamw_tables(sched, wd, name)
+                k = jnp.minimum(drops, len(decay) - 1)
+                t = jnp.minimum(count, steps.shape[1]) - 1
+                looked_up[name] = (
+                    jnp.asarray(decay)[k],
+                    -jnp.asarray(steps)[k, t],
+                    jnp.asarray(bc2_sqrt)[jnp.minimum(count, len(bc2_sqrt)) - 1],
+                )
+            return looked_up[name]
 
         # torch stores p * (1 - lr wd) and v * b2 before its next kernel, while its lerp and
         # addcmul kernels fuse into one FMA each (so does XLA, which contracts a product
