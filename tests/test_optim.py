@@ -11,11 +11,6 @@ import pytest
 from trdetr_jax import optim
 
 
-@pytest.fixture
-def torch():
-    return pytest.importorskip("torch", reason="torch not installed: no torch reference")
-
-
 @pytest.mark.parametrize("case", ["qvh_video_s0", "small_qvh_f64", "small_tvsum"])
 def test_one_step_matches_fixture(reference_dir, case):
     d = reference_dir / case
@@ -41,7 +36,6 @@ def test_one_step_matches_fixture(reference_dir, case):
         assert np.all(err <= atol + rtol * np.abs(step[k])), (k, err.max())
 
 
-@pytest.mark.torch
 def test_clip_matches_torch(torch):
     rng = np.random.default_rng(0)
     grads = {
@@ -61,7 +55,6 @@ def test_clip_matches_torch(torch):
     )
 
 
-@pytest.mark.torch
 def test_adamw_three_steps_match_torch(torch):
     rng = np.random.default_rng(1)
     p0 = rng.normal(size=(4, 3)).astype(np.float32)
@@ -141,7 +134,6 @@ def _ieee_sqrt(torch, monkeypatch):
     monkeypatch.setattr(torch.Tensor, "sqrt", lambda t: native(t.double()).to(t.dtype))
 
 
-@pytest.mark.torch
 @pytest.mark.parametrize("lr", [1e-4, 1e-3])
 def test_adamw_200_steps_equal_torch(torch, monkeypatch, lr):
     """Torch's order and rounding: bit-equal, except where |p| is below about one update.
@@ -162,7 +154,6 @@ def test_adamw_200_steps_equal_torch(torch, monkeypatch, lr):
         assert np.all(np.abs(got[k] - want[k]) <= bound), k
 
 
-@pytest.mark.torch
 def test_adamw_with_clipping_and_step_lr_matches_torch(torch):
     """The project's composition: clip_grad_norm_ 0.1, StepLR dropping twice in 200 steps.
 
@@ -180,7 +171,6 @@ def test_adamw_with_clipping_and_step_lr_matches_torch(torch):
             assert np.all(np.abs(got[k] - want[k]) <= bound), (lr, k)
 
 
-@pytest.mark.torch
 def test_weight_decay_is_torchs_float32_factor(torch):
     """``p * fl32(1 - lr * wd)``: 1.0 at lr 1e-4 (never decays), 1 - 2**-23 at lr 1e-3."""
     p0, _ = _problem(3)

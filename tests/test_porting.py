@@ -212,8 +212,7 @@ def test_options_to_config_from_parsed_and_saved_options(reference_dir):
         porting.options_to_config(dict(opt, txt_drop_ratio=0.1))
 
 
-def test_load_checkpoint_ckpt_with_torch(tmp_path, tiny_params):
-    torch = pytest.importorskip("torch")
+def test_load_checkpoint_ckpt_with_torch(tmp_path, tiny_params, torch):
     sd = porting.params_to_state_dict(tiny_params)
     path = tmp_path / "model_best.ckpt"
     opt = argparse.Namespace(hidden_dim=256, device=torch.device("cpu"), v_feat_dirs=["a/b"])
