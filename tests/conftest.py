@@ -3,7 +3,12 @@
 Tests that need the reference fixtures find them through one environment variable,
 ``TRDETR_SHARED`` (default: ``../shared`` beside the project root). Where that folder is
 absent they skip with a visible reason, unless ``TRDETR_REQUIRE_SHARED=1`` (set by
-``.ci/run``), in which case they fail.
+``.ci/run``), in which case they fail. Tests that compare with PyTorch take the ``torch``
+fixture and skip with a visible reason where torch is not installed.
+
+Markers follow the fixtures: a test using ``shared`` (directly or through
+``reference_dir`` / ``eval_dir``) is marked ``fixtures``, one using ``torch`` is marked
+``torch``, so ``-m "fixtures or torch"`` selects exactly what a bare install skips.
 """
 
 from __future__ import annotations
@@ -48,3 +53,18 @@ def reference_dir(shared) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def eval_dir(shared) -> pathlib.Path:
     return shared / "eval"
+
+
+@pytest.fixture(scope="session")
+def torch():
+    """The torch module, or a skip: it is not a dependency (README's install has no torch)."""
+    return pytest.importorskip("torch", reason="torch not installed (only needed for comparisons)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if "shared" in names:
+            item.add_marker(pytest.mark.fixtures)
+        if "torch" in names:
+            item.add_marker(pytest.mark.torch)

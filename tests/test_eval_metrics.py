@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
+from trdetr_jax import runlog
 from trdetr_jax.evaluation import evaluate_submission
 from trdetr_jax.evaluation.hd import highlight_detection, query_average_precisions
 from trdetr_jax.evaluation.iou import cross_iou, hull_iou
@@ -21,7 +22,7 @@ from trdetr_jax.evaluation.mr import (
 )
 from trdetr_jax.evaluation.nms import temporal_nms
 from trdetr_jax.evaluation.rounding import numpy_round_5, numpy_sum, percent_2dp
-from trdetr_jax.evaluation.tvsum import lower_median, top5_average_precision
+from trdetr_jax.evaluation.tvsum import lower_median, top5_average_precision, tvsum_metrics
 
 
 def _gt(windows):
@@ -247,6 +248,18 @@ def test_tvsum_float32_ties():
     a, b = 0.5, 0.5 + 1e-12
     assert np.float32(a) == np.float32(b)
     assert top5_average_precision([a, b, 0, 0, 0, 0], label) == [0.25] * 20  # 2nd: 1/(2*2)
+
+
+def test_tvsum_mean_is_the_mean_of_the_domain_values_shown():
+    # Domain A: its one positive ranked 1st (AP 1); domain B: ranked 3rd (AP 1/6 -> 0.16667).
+    label = np.array([[1], [1], [1], [1], [1], [5]], np.float32).repeat(20, axis=1)
+    pred = {"a": [0, 0.1, 0.2, 0.3, 0.4, 0.5], "b": [0.9, 0.8, 0.7, 0.6, 0.5, 0.75]}
+    metrics = tvsum_metrics(pred, {"a": label, "b": label}, {"a": "A", "b": "B"})
+    assert metrics["per_domain_mAP"] == {"A": 1.0, "B": 0.16667}
+    shown = np.mean([1.0, 0.16667])  # 0.583335: not cut again to 5 places
+    assert metrics["mAP"] == metrics["brief"]["mAP"] == shown
+    assert numpy_round_5(shown) != shown
+    assert runlog.fmt_num(shown) == "0.583335" and runlog.fmt_num(0.16667) == "0.16667"
 
 
 def test_numpy_rounding():

@@ -45,8 +45,7 @@ def tree_equal(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_load_checkpoint_ckpt_with_torch(tmp_path, tiny_params):
-    torch = pytest.importorskip("torch", reason="writing and reading a .ckpt needs torch")
+def test_load_checkpoint_ckpt_with_torch(tmp_path, tiny_params, torch):
     sd = keys.params_to_state_dict(tiny_params)
     path = tmp_path / "model_best.ckpt"
     opt = argparse.Namespace(hidden_dim=256, device=torch.device("cpu"), v_feat_dirs=["a/b"])
@@ -200,8 +199,7 @@ def test_npz_holding_one_array_or_a_folder_is_one_line(tmp_path, tiny_files, cap
     assert_nothing_written(tmp_path)
 
 
-def test_random_bytes_ckpt_never_suggests_trusting_it(tmp_path, tiny_files, capsys):
-    pytest.importorskip("torch", reason="reading a .ckpt needs torch")
+def test_random_bytes_ckpt_never_suggests_trusting_it(tmp_path, tiny_files, capsys, torch):
     _, opt = tiny_files
     ckpt = tmp_path / "in" / "model_best.ckpt"
     ckpt.write_bytes(np.random.default_rng(0).bytes(4096))
@@ -214,8 +212,7 @@ def test_random_bytes_ckpt_never_suggests_trusting_it(tmp_path, tiny_files, caps
     assert_nothing_written(tmp_path)
 
 
-def test_truncated_ckpt_is_one_line(tmp_path, tiny_files, capsys, tiny_state_dict):
-    torch = pytest.importorskip("torch", reason="writing a .ckpt needs torch")
+def test_truncated_ckpt_is_one_line(tmp_path, tiny_files, capsys, tiny_state_dict, torch):
     ckpt = tmp_path / "in" / "model_best.ckpt"
     sd = {k: torch.from_numpy(v) for k, v in tiny_state_dict.items()}
     torch.save({"model": sd, "opt": argparse.Namespace(**TINY_OPT)}, ckpt)
@@ -227,8 +224,7 @@ def test_truncated_ckpt_is_one_line(tmp_path, tiny_files, capsys, tiny_state_dic
     assert_nothing_written(tmp_path)
 
 
-def test_ckpt_with_a_refused_class_suggests_trust_pickle(tmp_path, tiny_state_dict, capsys):
-    torch = pytest.importorskip("torch", reason="writing a .ckpt needs torch")
+def test_ckpt_with_a_refused_class_suggests_trust_pickle(tmp_path, tiny_state_dict, capsys, torch):
     (tmp_path / "in").mkdir()
     ckpt = tmp_path / "in" / "model_best.ckpt"
     sd = {k: torch.from_numpy(v) for k, v in tiny_state_dict.items()}

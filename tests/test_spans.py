@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trdetr_jax import spans
+from trdetr_jax import losses, spans
+from trdetr_jax.model import heads
 
 S1 = np.array([[0.0, 0.2], [0.5, 1.0]], np.float32)
 S2 = np.array([[0.0, 0.3], [0.0, 1.0]], np.float32)
@@ -60,3 +61,32 @@ def test_clamp_gradient_is_one_at_the_bound():
     assert float(g) == 0.0
     g = jax.grad(lambda x: spans.clamp(x, None, 1.0))(1.0)
     assert float(g) == 1.0
+
+
+def test_clamp_keeps_nan_like_torch():
+    # torch.clamp(NaN) is NaN: a NaN must not be turned into a bound
+    x = jnp.array([np.nan, -1.0, 0.5, 2.0])
+    out = np.asarray(spans.clamp(x, 0.0, 1.0))
+    assert np.isnan(out[0]) and out[1:].tolist() == [0.0, 0.5, 1.0]
+    assert np.isnan(spans.clamp(jnp.array(np.nan), 0.0))
+    assert np.isnan(spans.clamp(jnp.array(np.nan), None, 1.0))
+    assert np.isnan(spans.inverse_sigmoid(jnp.array(np.nan)))
+    heads_out = np.asarray(heads.torch_clamp(x, 0.0, 1.0))
+    assert np.isnan(heads_out[0]) and heads_out[1:].tolist() == [0.0, 0.5, 1.0]
+    assert np.isnan(heads.inverse_sigmoid(jnp.array(np.nan)))
+
+
+def test_nan_reaching_a_loss_keeps_it_nan():
+    # A batch without saliency positives skips the rank-contrastive part, so the margin
+    # hinge clamp(margin + neg - pos, 0) is all that sees the scores: a NaN must survive it.
+    scores = jnp.array([[0.1, np.nan, 0.3, 0.2]])
+    mask = jnp.ones((1, 4))
+    pos, neg = jnp.array([[1]]), jnp.array([[0]])
+    loss = losses.loss_saliency(scores, mask, pos, neg, jnp.zeros((1, 4)))
+    assert np.isnan(loss)
+    finite = losses.loss_saliency(jnp.nan_to_num(scores), mask, pos, neg, jnp.zeros((1, 4)))
+    np.testing.assert_allclose(finite, (0.2 + 0.1 - 0.0) * 2, rtol=1e-6)
+    # a NaN span makes both span losses NaN
+    match = (jnp.array([[0]]), jnp.array([[0]]), jnp.array([[1.0]]))
+    out = losses.loss_spans(jnp.array([[[np.nan, 0.2]]]), jnp.array([[[0.5, 0.2]]]), match)
+    assert np.isnan(out["loss_span"]) and np.isnan(out["loss_giou"])

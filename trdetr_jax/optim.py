@@ -2,13 +2,16 @@
 
 Matches the official training step: ``clip_grad_norm_(params, grad_clip)`` followed by
 ``torch.optim.AdamW(lr, betas=(0.9, 0.999), eps=1e-8, weight_decay)`` over every parameter
-in one group, with ``StepLR(lr_drop)`` stepped once per epoch. Parameters the official
+in one group, with ``StepLR(lr_drop)`` stepped once per epoch. AdamW follows torch's order
+and rounding (see :func:`adamw`): float32 runs are bit-equal to torch's for parameters
+larger than about one update. Parameters the official
 code never updates (their ``.grad`` stays ``None``, so torch skips them entirely, weight
 decay included) are frozen here through a mask.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -41,74 +44,174 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-class ScaleByAdamState(NamedTuple):
-    count: jnp.ndarray  # int32 scalar: updates done
-    mu: Any
-    nu: Any
+class StepLR(NamedTuple):
+    """``StepLR`` stepped per epoch, as a schedule over optimiser updates.
 
-
-def scale_by_adam(
-    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
-) -> optax.GradientTransformation:
-    """Adam's direction ``m_hat / (sqrt(v_hat) + eps)`` as torch computes it.
-
-    Same maths as ``optax.scale_by_adam``, but the bias corrections ``1 - b**t`` are
-    computed as ``-expm1(t * log1p(-(1 - b)))``: in float32, ``1 - 0.999`` loses five digits
-    (``0.999`` is not representable), which shifts the first steps by ~6e-6 relative where
-    torch (Python doubles) does not.
+    Update ``n`` (0-based) uses ``lr * gamma ** (n // steps_per_drop)``, with the product
+    chained in float64 as torch's ``StepLR`` multiplies ``group["lr"]`` by ``gamma`` at each
+    drop. Calling it gives that rate in float32 (for logging); :func:`adamw` reads the
+    fields to compute its step sizes in float64, as torch does with Python floats.
     """
+
+    lr: float
+    gamma: float = 1.0
+    steps_per_drop: int = 1
+
+    def rate64(self, drops: int) -> float:
+        lr = float(self.lr)
+        for _ in range(drops):
+            lr = lr * float(self.gamma)
+        return lr
+
+    def __call__(self, count):
+        drops = jnp.asarray(count) // self.steps_per_drop
+        if self.gamma == 1.0:
+            return jnp.full(jnp.shape(drops), self.lr, jnp.float32)
+        table = np.asarray([self.rate64(k) for k in range(_n_drops(self))], np.float32)
+        return jnp.asarray(table)[jnp.minimum(drops, len(table) - 1)]
+
+
+def _n_drops(sched: StepLR) -> int:
+    """Drops after which the rate no longer changes in float64 (underflow, or gamma 1)."""
+    if sched.gamma == 1.0 or sched.lr == 0.0:
+        return 1
+    rates = [float(sched.lr)]
+    while len(rates) < 10_000 and rates[-1] != rates[-1] * float(sched.gamma):
+        rates.append(rates[-1] * float(sched.gamma))
+    return len(rates)
+
+
+class AdamWState(NamedTuple):
+    count: jnp.ndarray  # int32 scalar: updates done
+    mu: Any  # first moment (torch's exp_avg)
+    nu: Any  # second moment (torch's exp_avg_sq)
+
+
+B1, B2, EPS = 0.9, 0.999, 1e-8
+
+
+def _until_constant(values, dtype) -> np.ndarray:
+    """``values(t)`` for t = 1, 2, ... (float64 on the host) rounded to ``dtype``, up to
+    the first t from which the rounded value no longer changes (each table is monotone)."""
+    out, t = [], 1
+    while True:
+        v = dtype(values(t))
+        out.append(v)
+        if v == dtype(values(t + 1)) == dtype(values(t + 1000)):
+            return np.asarray(out, dtype)
+        t += 1
+
+
+@functools.lru_cache(maxsize=16)
+def _adamw_tables(sched: StepLR, weight_decay: float, dtype_name: str):
+    """The scalars torch computes in float64 each step, rounded to the parameter dtype.
+
+    * ``decay[k] = 1 - lr_k * wd`` after ``k`` drops (1.0 in float32 for lr * wd < 3e-8);
+    * ``step[k, t - 1] = lr_k / (1 - b1 ** t)`` (constant = lr_k once ``b1 ** t`` is lost);
+    * ``bc2_sqrt[t - 1] = (1 - b2 ** t) ** 0.5`` (1.0 in float32 from t ~ 16,600).
+
+    ``t`` beyond a table's end reads its last entry.
+    """
+    dtype = np.dtype(dtype_name).type
+    rates = [sched.rate64(k) for k in range(_n_drops(sched))]
+    decay = np.asarray([dtype(1 - lr * weight_decay) for lr in rates], dtype)
+    rows = [_until_constant(lambda t, lr=lr: lr / (1 - B1**t), dtype) for lr in rates]
+    steps = np.stack([np.pad(r, (0, max(map(len, rows)) - len(r)), mode="edge") for r in rows])
+    bc2_sqrt = _until_constant(lambda t: (1 - B2**t) ** 0.5, dtype)
+    return decay, steps, bc2_sqrt
+
+
+def adamw(learning_rate: float | StepLR, weight_decay: float) -> optax.GradientTransformation:
+    """``torch.optim.AdamW(lr, betas=(0.9, 0.999), eps=1e-8, weight_decay)``, op for op.
+
+    Per parameter, as torch's single-tensor and for-each implementations::
+
+        p <- p * (1 - lr * wd)                      # decay first, on the stored weights
+        m <- m + (1 - b1) * (g - m)                 # lerp
+        v <- v * b2 + (1 - b2) * g * g              # addcmul
+        p <- p + (-lr / (1 - b1**t)) * m / (sqrt(v) / sqrt(1 - b2**t) + eps)   # addcdiv
+
+    The scalars (``1 - lr*wd``, the step size, ``sqrt(1 - b2**t)``) are Python floats in
+    torch: computed here in float64 on the host (tables over the step ``t`` and the number of
+    learning-rate drops) and rounded to the parameter dtype as torch's kernels round them.
+    So with lr 1e-4 and wd 1e-4 the factor ``1 - 1e-8`` is exactly 1.0 in float32 and the
+    weights never decay, as in the official runs. The update returned is ``new - p``.
+    """
+    sched = learning_rate if isinstance(learning_rate, StepLR) else StepLR(float(learning_rate))
+    wd = float(weight_decay)
 
     def init_fn(params):
         zeros = jax.tree.map(jnp.zeros_like, params)
-        return ScaleByAdamState(count=jnp.zeros((), jnp.int32), mu=zeros, nu=zeros)
+        return AdamWState(count=jnp.zeros((), jnp.int32), mu=zeros, nu=zeros)
 
     def update_fn(updates, state, params=None):
-        del params
+        if params is None:
+            raise ValueError("adamw: update() needs the parameters (decoupled weight decay)")
         count = state.count + 1
-        mu = jax.tree.map(lambda m, g: m + (g - m) * (1 - b1), state.mu, updates)
-        nu = jax.tree.map(lambda v, g: v * b2 + (1 - b2) * g * g, state.nu, updates)
+        drops = state.count // sched.steps_per_drop
 
-        def direction(m, v):
-            t = count.astype(m.dtype)
-            bc1 = -jnp.expm1(t * jnp.log1p(jnp.asarray(-(1 - b1), m.dtype)))
-            bc2 = -jnp.expm1(t * jnp.log1p(jnp.asarray(-(1 - b2), m.dtype)))
-            return (m / bc1) / (jnp.sqrt(v) / jnp.sqrt(bc2) + eps)
+        looked_up = {}  # dtype -> this step's (decay, -step size, sqrt(1 - b2**t))
 
-        out = jax.tree.map(direction, mu, nu)
-        return out, ScaleByAdamState(count=count, mu=mu, nu=nu)
+        def scalars(dtype):
+            name = np.dtype(dtype).name
+            if name not in looked_up:
+                decay, steps, bc2_sqrt = _adamw_tables(sched, wd, name)
+                k = jnp.minimum(drops, len(decay) - 1)
+                t = jnp.minimum(count, steps.shape[1]) - 1
+                looked_up[name] = (
+                    jnp.asarray(decay)[k],
+                    -jnp.asarray(steps)[k, t],
+                    jnp.asarray(bc2_sqrt)[jnp.minimum(count, len(bc2_sqrt)) - 1],
+                )
+            return looked_up[name]
+
+        # torch stores p * (1 - lr wd) and v * b2 before its next kernel, while its lerp and
+        # addcmul kernels fuse into one FMA each (so does XLA, which contracts a product
+        # with the sum that uses it). `rounded` passes a product through an integer op with
+        # a zero XLA cannot prove to be zero, so it is rounded on its own, as torch's.
+        zero = jnp.minimum(state.count, 0)
+
+        def rounded(x):
+            itype = jnp.int64 if x.dtype == jnp.float64 else jnp.int32
+            bits = jax.lax.bitcast_convert_type(x, itype) | zero.astype(itype)
+            return jax.lax.bitcast_convert_type(bits, x.dtype)
+
+        def one(g, p, m, v):
+            decay, neg_step, bc2_sqrt = scalars(p.dtype)
+            p1 = rounded(p * decay) if wd != 0 else p
+            m = m + (g - m) * (1 - B1)
+            v = rounded(v * B2) + (1 - B2) * g * g
+            # XLA turns a division by a broadcast scalar into a product with its reciprocal
+            # (one more rounding); the barrier keeps torch's true division.
+            bc2_sqrt = jax.lax.optimization_barrier(jnp.broadcast_to(bc2_sqrt, v.shape))
+            denom = jnp.sqrt(v) / bc2_sqrt + EPS
+            new = p1 + neg_step * m / denom
+            return new - p, m, v
+
+        out = jax.tree.map(one, updates, params, state.mu, state.nu)
+        treedef = jax.tree.structure(updates)
+        u, mu, nu = (
+            jax.tree.unflatten(treedef, [leaf[i] for leaf in treedef.flatten_up_to(out)])
+            for i in range(3)
+        )
+        return u, AdamWState(count=count, mu=mu, nu=nu)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def adamw(
-    learning_rate: float | optax.Schedule, weight_decay: float
-) -> optax.GradientTransformation:
-    """torch's AdamW: betas (0.9, 0.999), eps 1e-8, decoupled decay ``lr * wd * p``."""
-    return optax.chain(
-        scale_by_adam(0.9, 0.999, 1e-8),
-        optax.add_decayed_weights(weight_decay),
-        optax.scale_by_learning_rate(learning_rate),
-    )
-
-
 def step_lr_schedule(
     lr: float, *, lr_drop_epochs: int, gamma: float, steps_per_epoch: int
-) -> optax.Schedule:
+) -> StepLR:
     """``StepLR`` stepped per epoch: ``lr * gamma ** (epoch // lr_drop_epochs)``.
 
     The schedule's argument is the number of optimiser updates done, so epoch
     ``= step // steps_per_epoch``.
     """
-    return optax.exponential_decay(
-        init_value=lr,
-        transition_steps=max(1, lr_drop_epochs * steps_per_epoch),
-        decay_rate=gamma,
-        staircase=True,
-    )
+    return StepLR(float(lr), float(gamma), max(1, int(lr_drop_epochs) * int(steps_per_epoch)))
 
 
 def make_optimizer(
-    lr_schedule: float | optax.Schedule,
+    lr_schedule: float | StepLR,
     *,
     weight_decay: float = 1e-4,
     grad_clip: float = 0.1,
@@ -174,7 +277,7 @@ def frozen_mask(
 
 
 def make_optimizer_from_config(
-    config, lr_schedule: float | optax.Schedule, params_to_state_dict=None
+    config, lr_schedule: float | StepLR, params_to_state_dict=None
 ) -> optax.GradientTransformation:
     """The optimiser the config describes; frozen parameters as the official code.
 

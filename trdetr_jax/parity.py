@@ -307,7 +307,7 @@ def run(
     jax.config.update("jax_enable_x64", compute64)
     import jax.numpy as jnp
 
-    from trdetr_jax import losses, matcher, objective
+    from trdetr_jax import losses, matcher, objective, precision
     from trdetr_jax.model import TRDETR, collect_intermediates, flatten_outputs
     from trdetr_jax.official import keys, options
 
@@ -337,6 +337,7 @@ def run(
     # Op-by-op-like float32 rounding unless asked otherwise (see the docstring).
     compiler_options = None if optimized else {"xla_backend_optimization_level": 0}
 
+    @functools.partial(precision.with_matmul_precision, value=precision.of_config(config))
     @functools.partial(jax.jit, compiler_options=compiler_options)
     def forward(p, inp):
         return model.apply({"params": p}, **inp, train=False, mutable=["intermediates"])
@@ -349,8 +350,9 @@ def run(
     def total_loss(p, b):
         return objective.loss_fn(p, model, b, train=False, loss_cfg=loss_cfg)
 
-    value_and_grad = jax.jit(
-        jax.value_and_grad(total_loss, has_aux=True), compiler_options=compiler_options
+    value_and_grad = precision.with_matmul_precision(
+        jax.jit(jax.value_and_grad(total_loss, has_aux=True), compiler_options=compiler_options),
+        precision.of_config(config),
     )
     (total, (loss_dict, lout)), grads = value_and_grad(params, batch)
     ours_losses = {k: float(v) for k, v in loss_dict.items()}

@@ -22,7 +22,7 @@ from typing import Any
 import ml_collections
 import orbax.checkpoint as ocp
 
-from trdetr_jax import checkpointing, train
+from trdetr_jax import checkpointing, precision, train
 
 PARAMS_SUBDIR = "params"
 
@@ -133,6 +133,7 @@ def predict_rows(
         loss_fn=None,
         schedule=None,
         batch_shapes=train.abstract_batch(eval_ds, batch_size),
+        matmul_precision=precision.of_config(config),
     )
     params, _ = restore_params(checkpoint_dir, steps.abstract_state)
     return train.predict_split(steps.eval, steps.data, params, eval_ds, config, batch_size)

@@ -68,10 +68,11 @@ class ProgressBar:
 
 
 def fmt_num(v: float | None) -> str:
-    """Percentages with 2 decimals; fractions (TVSum mAP, rounded to 5 places) in full."""
+    """Percentages with 2 decimals; fractions (TVSum mAP: 5 places per domain, their mean
+    may have more) in full, up to 10 significant digits (no binary noise)."""
     if v is None:
         return "n/a"
-    return f"{v:.2f}" if abs(v) >= 1 or v == 0 else f"{v:.5g}"
+    return f"{v:.2f}" if abs(v) >= 1 or v == 0 else f"{v:.10g}"
 
 
 def fmt_time(seconds: float) -> str:

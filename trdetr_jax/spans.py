@@ -14,12 +14,14 @@ def clamp(x: jnp.ndarray, lo=None, hi=None) -> jnp.ndarray:
     """``torch.clamp`` with its gradient: 1 inside ``[lo, hi]`` *including* the bounds.
 
     ``jnp.clip``/``jnp.maximum`` split the gradient 0.5/0.5 at a tie, which a port of
-    trained weights can hit (touching spans, saturated references).
+    trained weights can hit (touching spans, saturated references). NaN stays NaN, as in
+    torch (a comparison with NaN is false, so only values really beyond a bound are
+    replaced), so a NaN reaching a loss keeps the loss non-finite and visible.
     """
     if lo is not None:
-        x = jnp.where(x >= lo, x, jnp.asarray(lo, x.dtype))
+        x = jnp.where(x < lo, jnp.asarray(lo, x.dtype), x)
     if hi is not None:
-        x = jnp.where(x <= hi, x, jnp.asarray(hi, x.dtype))
+        x = jnp.where(x > hi, jnp.asarray(hi, x.dtype), x)
     return x
 
 

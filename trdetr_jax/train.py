@@ -36,7 +36,7 @@ from flax import struct
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from trdetr_jax import checkpointing, runlog
+from trdetr_jax import checkpointing, precision, runlog
 
 Batch = dict[str, np.ndarray]
 
@@ -215,10 +215,12 @@ def build_steps(
     loss_fn,
     schedule: optax.Schedule,
     batch_shapes: dict[str, jax.ShapeDtypeStruct],
+    matmul_precision: str = precision.DEFAULT,
 ) -> Steps:
     """Jits init / train / eval with explicit shardings over ``mesh``.
 
     ``batch_shapes``: global shapes of a batch (only used to initialise parameters).
+    ``matmul_precision``: ``config.model.matmul_precision``, applied to every step.
     """
     replicated = NamedSharding(mesh, P())
     data = NamedSharding(mesh, P("data"))
@@ -237,7 +239,8 @@ def build_steps(
         out_shardings=(state_sharding, replicated),
         donate_argnames=("state",),
     )
-    evaluate = jit_eval_step(mesh, model, state_sharding.params)
+    init, train = (precision.with_matmul_precision(f, matmul_precision) for f in (init, train))
+    evaluate = jit_eval_step(mesh, model, state_sharding.params, matmul_precision)
     abstract = jax.tree.map(
         lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), shapes, state_sharding
     )
@@ -270,6 +273,7 @@ def run_steps(
         config.optim.to_json(),
         n_steps_epoch,
         tuple(sorted((k, v.shape, str(v.dtype)) for k, v in batch_shapes.items())),
+        precision.of_config(config),
     )
     if key not in _STEPS_CACHE:
         while len(_STEPS_CACHE) >= _STEPS_CACHE_SIZE:
@@ -281,20 +285,27 @@ def run_steps(
             make_loss_fn(config, mesh),
             lr_schedule(config, n_steps_epoch),
             batch_shapes,
+            precision.of_config(config),
         )
     return _STEPS_CACHE[key]
 
 
-def jit_eval_step(mesh: jax.sharding.Mesh, model, params_sharding: Any = None):
+def jit_eval_step(
+    mesh: jax.sharding.Mesh,
+    model,
+    params_sharding: Any = None,
+    matmul_precision: str = precision.DEFAULT,
+):
     """``eval_step`` jitted over ``mesh``: replicated params, batch-sharded inputs/outputs."""
     if params_sharding is None:
         params_sharding = NamedSharding(mesh, P())
     data = NamedSharding(mesh, P("data"))
-    return jax.jit(
+    step = jax.jit(
         functools.partial(eval_step, model=model),
         in_shardings=(params_sharding, data),
         out_shardings=data,
     )
+    return precision.with_matmul_precision(step, matmul_precision)
 
 
 def process_rows(sharding: NamedSharding, global_size: int) -> slice:

@@ -8,8 +8,10 @@ video and per annotator i = 0..19:
 * a clip is positive when its float32 label is strictly above the column's **lower** median;
 * only the top 5 ranks count: positives are counted within them, and the AP is a trapezoid
   over the 5 ranks that starts from precision 1 (0 when the top 5 hold no positive);
-* a domain's value is ``round(mean of all its APs, 5)`` with numpy rounding, a fraction;
-  the dataset value is the mean of the domain values, rounded the same way.
+* a domain's value is ``round(mean of all its APs, 5)`` with numpy rounding, a fraction
+  (the official per-run ``mAP``, one domain per run); the dataset value is the plain mean of
+  the domain values as shown, not rounded again (two domains at 0.4 and 0.413162 give
+  0.406581, not 0.40658).
 
 The official code has a batching bug: only the last video of each evaluation batch is scored
 (harmless in the official runs, which have one validation video per domain). Pass
@@ -82,5 +84,5 @@ def tvsum_metrics(pred: dict, labels: dict, domains: dict, *, videos_per_batch=N
             ]
         collected = [top5_average_precision(pred[q], labels[q]) for q in videos]  # [V, 20]
         per_domain[domain] = numpy_round_5(np.mean(collected))
-    mean = numpy_round_5(np.mean(list(per_domain.values()))) if per_domain else None
+    mean = float(np.mean(list(per_domain.values()))) if per_domain else None
     return {"brief": {"mAP": mean}, "mAP": mean, "per_domain_mAP": per_domain}

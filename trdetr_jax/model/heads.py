@@ -10,6 +10,7 @@ def torch_clamp(x: jax.Array, lo: float | None = None, hi: float | None = None) 
     """``torch.clamp``: gradient 1 where lo <= x <= hi (bounds included), else 0.
 
     (``jnp.clip`` splits the gradient at a bound, e.g. for a reference that saturated to 1.0.)
+    NaN stays NaN, as in torch: only values really beyond a bound are replaced.
     """
     if lo is not None:
         x = jnp.where(x < lo, jnp.asarray(lo, x.dtype), x)

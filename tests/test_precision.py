@@ -1,0 +1,99 @@
+"""Numerics policy: config.model.matmul_precision reaches every matmul of the compiled steps."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import pytest
+from _tiny_run import tiny_config
+
+from trdetr_jax import precision, train
+from trdetr_jax.model import TRDETR, model_kwargs_from_config
+
+B, L_V, L_T, D = 2, 12, 8, 16
+
+
+def _abstract_inputs():
+    f32 = jnp.float32
+    return {
+        "src_txt": jax.ShapeDtypeStruct((B, L_T, D), f32),
+        "src_txt_mask": jax.ShapeDtypeStruct((B, L_T), f32),
+        "src_vid": jax.ShapeDtypeStruct((B, L_V, D), f32),
+        "src_vid_mask": jax.ShapeDtypeStruct((B, L_V), f32),
+    }
+
+
+def _dot_precisions(stablehlo: str) -> list[str]:
+    """The precision / algorithm attributes of every dot_general in a StableHLO module."""
+    dots = [line for line in stablehlo.splitlines() if "stablehlo.dot_general" in line]
+    assert dots, "no dot_general in the lowered step"
+    return [
+        " ".join(re.findall(r"precision = \[[A-Z, ]+\]|algorithm = <[^>]*>", line)) for line in dots
+    ]
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (None, "precision = [HIGHEST, HIGHEST]"),  # the default: true float32
+        ("tensorfloat32", "precision = [HIGH, HIGH]"),
+        ("bfloat16", "lhs_precision_type = bf16, rhs_precision_type = bf16"),
+    ],
+)
+def test_eval_step_lowers_with_the_configured_precision(tmp_path, value, expected):
+    config = tiny_config(tmp_path)
+    if value is not None:
+        config.model.matmul_precision = value
+    assert precision.of_config(config) == (value or "highest")
+    model = TRDETR(**model_kwargs_from_config(config))
+    inputs = _abstract_inputs()
+    params = jax.eval_shape(
+        lambda: model.init(
+            jax.random.key(0), **{k: jnp.zeros(v.shape, v.dtype) for k, v in inputs.items()}
+        )["params"]
+    )
+    step = train.jit_eval_step(
+        train.make_mesh(jax.devices()[:1]), model, None, precision.of_config(config)
+    )
+    found = _dot_precisions(step.lower(params, inputs).as_text())
+    assert all(expected in f for f in found), sorted(set(found))
+    # Called outside the wrapper, the same jitted function gets JAX's default instead.
+    bare = _dot_precisions(step.__wrapped__.lower(params, inputs).as_text())
+    assert not any(expected in f for f in bare), sorted(set(bare))
+
+
+def test_train_step_lowers_with_the_configured_precision(tmp_path):
+    config = tiny_config(tmp_path)
+    config.model.matmul_precision = "tensorfloat32"
+    mesh = train.make_mesh(jax.devices()[:1])
+    inputs = _abstract_inputs()
+    steps = train.build_steps(
+        mesh,
+        TRDETR(**model_kwargs_from_config(config)),
+        train.make_optimizer(config, 4),
+        lambda params, model, batch, *, train, dropout_rng: (
+            jnp.sum(model.apply({"params": params}, **batch, train=False)["saliency_scores"]),
+            ({}, {}),
+        ),
+        train.lr_schedule(config, 4),
+        inputs,
+        precision.of_config(config),
+    )
+    found = _dot_precisions(
+        steps.train.lower(steps.abstract_state, inputs, jax.random.key(0)).as_text()
+    )
+    assert all("precision = [HIGH, HIGH]" in f for f in found), sorted(set(found))
+
+
+@pytest.mark.parametrize("bad", ["float32", "HIGHEST", "", None])
+def test_bad_matmul_precision_is_one_clear_line(tmp_path, bad):
+    config = tiny_config(tmp_path)
+    config.model.matmul_precision = bad
+    with pytest.raises(ValueError) as err:
+        precision.of_config(config)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "config.model.matmul_precision" in msg and "highest, tensorfloat32, bfloat16" in msg
+    assert repr(bad) in msg
