@@ -151,15 +151,16 @@ def _write_atomically(out: pathlib.Path, params: Any, config: Any) -> None:
 
 
 def load_converted(directory: str | os.PathLike) -> tuple[dict[str, Any], Any]:
-    """(params as numpy arrays, config) of a folder written by :func:`convert`."""
-    import ml_collections
+    """(params as numpy arrays, config) of a folder written by :func:`convert`; the config
+    is read by :func:`trdetr_jax.predict.load_config`, as for a training workdir."""
     import orbax.checkpoint as ocp
+
+    from trdetr_jax.predict import load_config
 
     directory = pathlib.Path(directory).resolve()
     with ocp.StandardCheckpointer() as ckptr:
         params = ckptr.restore(directory / PARAMS_SUBDIR)
-    config = ml_collections.ConfigDict(json.loads((directory / CONFIG_FILE).read_text()))
-    return params, config
+    return params, load_config(directory)
 
 
 # Errors of the input (files, options, weights) or the environment: one line, status 2.
