@@ -4,7 +4,8 @@
     python -m trdetr_jax.official.convert --checkpoint params.npz --options opt.json --out DIR
 
 ``--checkpoint``: the official ``.ckpt`` (``torch.save({'model': state_dict, 'opt': ...})``,
-needs torch) or an ``.npz`` of state_dict arrays. ``--options``: the official ``opt.json``, or
+needs torch), a lighthouse TR-DETR ``.ckpt`` (:mod:`trdetr_jax.official.lighthouse`) or an
+``.npz`` of state_dict arrays. ``--options``: the official ``opt.json``, or
 a fixture ``config.json`` (its ``"opt"`` entry is used); optional for a ``.ckpt``, which
 carries its options.
 
@@ -33,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from trdetr_jax.official import lighthouse
 from trdetr_jax.official.checkpoint_file import load_checkpoint
 from trdetr_jax.official.keys import state_dict_to_params
 from trdetr_jax.official.options import options_to_config, read_options
@@ -100,6 +102,8 @@ def convert(
             "opt.json, or a fixture config.json)"
         )
     try:
+        if lighthouse.is_lighthouse_options(opt):
+            opt = lighthouse.to_official_options(opt)
         config = options_to_config(opt)
     except (ValueError, TypeError) as err:
         raise ValueError(f"{source}: {err}") from err
