@@ -19,6 +19,9 @@ def test_records_read_back_from_the_event_files(tmp_path):
     assert got["train/grad_norm"] == [(2, 3.0), (4, 2.0)]
     assert got["train/lr"] == [(2, pytest.approx(1e-4)), (4, pytest.approx(1e-4))]
     assert got["eval/MR-full-mAP"] == [(4, 12.5)]
+    log.record({"type": "eval", "step": 6, "MR-full-R1@0.5": 40.0})
+    log.events.close()
+    assert tensorboard.read_scalars(tmp_path)["eval/MR-full-R1_0.5"] == [(6, 40.0)]
     assert "eval/HL-min-VG-HIT1" not in got  # a metric the split cannot give: no point
     assert not any(tag.endswith(("/step", "/epoch", "/type")) for tag in got)
 

@@ -1,7 +1,8 @@
 """TensorBoard event files beside ``metrics.jsonl``, written without TensorFlow.
 
 Every record :class:`trdetr_jax.runlog.RunLog` writes becomes scalars ``<type>/<name>`` at
-its ``step`` (``train/loss``, ``train/lr``, ``train/grad_norm``, ``eval/MR-full-mAP``, ...).
+its ``step`` (``train/loss``, ``train/lr``, ``train/grad_norm``, ``eval/MR-full-mAP``, ...;
+tensorboardX writes ``@`` as ``_`` in tags: ``eval/MR-full-R1_0.5``).
 The writer is ``tensorboardX`` (``pip install 'trdetr_jax[tensorboard]'``); without it no
 event file is written and one info line says so. View with
 ``tensorboard --logdir WORKDIR``.
