@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import _tiny_run
 import numpy as np
 import pytest
@@ -187,3 +189,29 @@ def test_load_converted_dir_matches_predict_rows(config, tmp_path):
         q = z["last_hidden_state"]
     direct = pred.predict([a, b], q, duration=gt[0]["duration"])
     assert direct == got
+
+
+def test_audio_is_normalised_cut_to_the_video_and_gets_the_tef(config):
+    audio_config = copy.deepcopy(config)
+    audio_config.data.a_feat_dir, audio_config.data.a_feat_dim = "pann_features", 4
+    seen = []
+
+    def forward(params, batch):
+        seen.append(batch)
+        return _stub_forward(params, batch)
+
+    rng = np.random.default_rng(4)
+    a, b = _long_video(rng, 10, slice(2, 5))
+    audio = rng.normal(size=(8, 4)).astype(np.float32)  # shorter: the video is cut to 8
+    pred = Predictor(None, audio_config, forward=forward)
+    out = pred.predict([a, b], np.ones((3, 16), np.float32), audio_features=audio)
+    assert len(out["pred_saliency_scores"]) == 8
+    (batch,) = seen
+    want = features.l2_normalize(audio)
+    np.testing.assert_allclose(batch["src_aud"][0, :8, :4], want, rtol=1e-6)
+    np.testing.assert_allclose(batch["src_aud"][0, :8, 4:], features.temporal_endpoint_feature(8))
+    assert batch["src_vid_mask"][0].tolist() == [1.0] * 8 + [0.0] * 4
+    with pytest.raises(DataError, match="the model uses audio"):
+        pred.predict([a, b], np.ones((3, 16), np.float32))
+    with pytest.raises(DataError, match=r"audio_features: feature dimension 5 disagrees"):
+        pred.predict([a, b], np.ones((3, 16), np.float32), audio_features=np.ones((8, 5)))
