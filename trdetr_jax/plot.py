@@ -131,7 +131,7 @@ def curves_figure(metrics_path: str | pathlib.Path):
                 ys.append(float(value))
     for (panel, name), (xs, ys) in sorted(series.items()):
         panels[panel].plot(xs, ys, marker="." if panel == "eval" else None, label=name)
-    for name, ax in (("training losses", axes[0]), ("learning rate", axes[1]), ("eval", axes[2])):
+    for name, ax in (("training", axes[0]), ("learning rate", axes[1]), ("eval", axes[2])):
         ax.set_ylabel(name)
         if ax.get_lines():
             ax.legend(fontsize=6, ncol=3)
