@@ -15,7 +15,7 @@ from typing import Any
 import jax
 from absl import logging
 
-from trdetr_jax import checkpointing
+from trdetr_jax import checkpointing, tensorboard
 
 
 class ProgressBar:
@@ -92,6 +92,7 @@ class RunLog:
         self.bar: ProgressBar | None = None  # cleared before console lines
         self.log_path = workdir / "train.log"
         self.metrics_path = workdir / "metrics.jsonl"
+        self.events = tensorboard.EventWriter(workdir, resume_step)  # TensorBoard curves
         if self.enabled:
             self._truncate_metrics(resume_step)
 
@@ -123,6 +124,7 @@ class RunLog:
         if self.enabled:
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(record, sort_keys=True, default=json_default) + "\n")
+            self.events.write(record)
 
 
 def json_default(x: Any) -> Any:

@@ -58,16 +58,55 @@ def _read_array(path: str, key: str | None, what: str) -> np.ndarray:
                 arr = z[key]
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise DataError(f"{what}: cannot read {path}: {e}") from None
+    return check_array(arr, what, path)
+
+
+def check_array(arr, what: str, where: str) -> np.ndarray:
+    """``arr`` as float32 ``[length, dim]`` (a leading batch axis of 1 dropped), finite and
+    non-empty; DataError naming ``what`` and ``where`` (a file, or an argument) otherwise."""
     arr = np.asarray(arr)
     if arr.ndim == 3 and arr.shape[0] == 1:  # some extractors kept a batch axis
         arr = arr[0]
     if arr.ndim != 2:
-        raise DataError(f"{what}: {path} holds shape {arr.shape}, expected [length, dim]")
+        raise DataError(f"{what}: {where} holds shape {arr.shape}, expected [length, dim]")
     arr = arr.astype(np.float32)
     if not np.isfinite(arr).all():
-        raise DataError(f"{what}: {path} contains NaN or Inf values")
+        raise DataError(f"{what}: {where} contains NaN or Inf values")
     if arr.shape[0] == 0:
-        raise DataError(f"{what}: {path} is empty (0 rows)")
+        raise DataError(f"{what}: {where} is empty (0 rows)")
+    return arr
+
+
+def video_inputs(
+    sources: list[np.ndarray], audio: np.ndarray | None, *, normalize: bool, use_tef: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Checked per-source arrays -> the model's ``(video [T, Dv(+2)], audio [T, Da(+2)])``.
+
+    Each source (and the audio) is L2-normalised on its own (``normalize``), all are cut to
+    the shortest and the video sources concatenated in order; the TEF is appended last
+    (``use_tef``). The loader and :class:`trdetr_jax.Predictor` both call this.
+    """
+    if normalize:
+        sources = [l2_normalize(s) for s in sources]
+        audio = None if audio is None else l2_normalize(audio)
+    ctx_l = min(len(s) for s in sources)  # some sources are a row longer than others
+    if audio is not None:
+        ctx_l = min(ctx_l, len(audio))
+        audio = audio[:ctx_l]
+    video = np.concatenate([s[:ctx_l] for s in sources], axis=1)  # [T, sum(dims)]
+    if use_tef:
+        tef = temporal_endpoint_feature(ctx_l)
+        video = np.concatenate([video, tef], axis=1)  # [T, Dv + 2]
+        if audio is not None:
+            audio = np.concatenate([audio, tef], axis=1)  # [T, Da + 2]
+    return video, audio
+
+
+def text_inputs(arr: np.ndarray, *, keep: int, normalize: bool) -> np.ndarray:
+    """Checked query tokens -> the model's text input: the first ``keep`` rows, normalised."""
+    arr = arr[:keep]
+    if normalize:
+        arr = l2_normalize(arr)
     return arr
 
 
@@ -329,8 +368,6 @@ class FeatureStore:
                 arr = _read_array(path, npz_key, what)
                 _check_dim(arr, dim, key, path)
                 arr = self._cut_long(arr, vid, path)
-            if self.normalize_video:
-                arr = l2_normalize(arr)
             sources.append(arr)
         audio = None
         if self.a_feat_dir is not None:
@@ -338,28 +375,15 @@ class FeatureStore:
             audio = _read_array(path, None, f"audio {vid}")
             _check_dim(audio, self.a_feat_dim, "config.data.a_feat_dim", path)
             audio = self._cut_long(audio, vid, path)
-            if self.normalize_video:
-                audio = l2_normalize(audio)
-        ctx_l = min(len(s) for s in sources)  # some sources are a row longer than others
-        if audio is not None:
-            ctx_l = min(ctx_l, len(audio))
-            audio = audio[:ctx_l]
-        video = np.concatenate([s[:ctx_l] for s in sources], axis=1)  # [T, sum(dims)]
-        if self.use_tef:
-            tef = temporal_endpoint_feature(ctx_l)
-            video = np.concatenate([video, tef], axis=1)  # [T, Dv + 2]
-            if audio is not None:
-                audio = np.concatenate([audio, tef], axis=1)  # [T, Da + 2]
-        return video, audio
+        return video_inputs(sources, audio, normalize=self.normalize_video, use_tef=self.use_tef)
 
     def _load_text(self, qid) -> np.ndarray:
         path, key = self._text_path(qid)
         arr = _read_array(path, key, f"query {qid}")
         _check_dim(arr, self.t_feat_dim, "config.data.t_feat_dim", path)
-        arr = arr[: self._check_text_length(len(arr), qid, path)]
-        if self.normalize_text:
-            arr = l2_normalize(arr)
-        return arr
+        return text_inputs(
+            arr, keep=self._check_text_length(len(arr), qid, path), normalize=self.normalize_text
+        )
 
 
 def input_dims(data_config) -> tuple[int, int, int | None]:

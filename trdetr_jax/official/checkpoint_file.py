@@ -13,6 +13,7 @@ import pathlib
 import pickle
 import pickletools
 import zipfile
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,8 +32,11 @@ def load_checkpoint(
     """Read an official ``.ckpt`` (needs torch) or an ``.npz`` of state_dict arrays.
 
     Returns (state_dict of numpy arrays, options or None). A ``.ckpt`` holds
-    ``{'model': state_dict, 'opt': argparse.Namespace, ...}``; it is read with torch's
-    restricted unpickler (tensors, containers, ``argparse.Namespace``). ``trust_pickle``
+    ``{'model': state_dict, 'opt': argparse.Namespace, ...}`` (official) or
+    ``{'model', 'optimizer', 'lr_scheduler', 'epoch', 'opt': easydict.EasyDict}``
+    (lighthouse; the options come back as a dict, see
+    :mod:`trdetr_jax.official.lighthouse`); it is read with torch's restricted unpickler
+    (tensors, containers, ``argparse.Namespace``, lighthouse's options). ``trust_pickle``
     allows arbitrary pickled objects, which lets the file run code: only for files from a
     trusted source, and only for files that parse as a pickle (a damaged file is an error
     either way).
@@ -59,6 +63,15 @@ def load_checkpoint(
             f"found {type(sd).__name__}"
         )
     return {str(k): as_numpy(v) for k, v in sd.items()}, opt
+
+
+class LighthouseOptions:
+    """Stands in for ``easydict.EasyDict`` (lighthouse's options) when unpickling: the
+    restricted unpickler builds a plain ``OrderedDict`` of the options, no easydict code runs
+    and easydict need not be installed."""
+
+    def __new__(cls, *args):
+        return OrderedDict()
 
 
 def load_npz_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -91,7 +104,8 @@ def _torch_load(path: pathlib.Path, trust_pickle: bool) -> Any:
             "or convert the state_dict to an .npz of arrays first"
         ) from err
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        allowed = [argparse.Namespace, (LighthouseOptions, "easydict.EasyDict")]
+        with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # the restricted unpickler runs no code: any failure is the file's
         # Only a file that parses as a pickle may be a candidate for --trust-pickle.

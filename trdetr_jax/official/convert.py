@@ -4,7 +4,8 @@
     python -m trdetr_jax.official.convert --checkpoint params.npz --options opt.json --out DIR
 
 ``--checkpoint``: the official ``.ckpt`` (``torch.save({'model': state_dict, 'opt': ...})``,
-needs torch) or an ``.npz`` of state_dict arrays. ``--options``: the official ``opt.json``, or
+needs torch), a lighthouse TR-DETR ``.ckpt`` (:mod:`trdetr_jax.official.lighthouse`) or an
+``.npz`` of state_dict arrays. ``--options``: the official ``opt.json``, or
 a fixture ``config.json`` (its ``"opt"`` entry is used); optional for a ``.ckpt``, which
 carries its options.
 
@@ -33,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from trdetr_jax.official import lighthouse
 from trdetr_jax.official.checkpoint_file import load_checkpoint
 from trdetr_jax.official.keys import state_dict_to_params
 from trdetr_jax.official.options import options_to_config, read_options
@@ -100,6 +102,8 @@ def convert(
             "opt.json, or a fixture config.json)"
         )
     try:
+        if lighthouse.is_lighthouse_options(opt):
+            opt = lighthouse.to_official_options(opt)
         config = options_to_config(opt)
     except (ValueError, TypeError) as err:
         raise ValueError(f"{source}: {err}") from err
@@ -151,15 +155,16 @@ def _write_atomically(out: pathlib.Path, params: Any, config: Any) -> None:
 
 
 def load_converted(directory: str | os.PathLike) -> tuple[dict[str, Any], Any]:
-    """(params as numpy arrays, config) of a folder written by :func:`convert`."""
-    import ml_collections
+    """(params as numpy arrays, config) of a folder written by :func:`convert`; the config
+    is read by :func:`trdetr_jax.predict.load_config`, as for a training workdir."""
     import orbax.checkpoint as ocp
+
+    from trdetr_jax.predict import load_config
 
     directory = pathlib.Path(directory).resolve()
     with ocp.StandardCheckpointer() as ckptr:
         params = ckptr.restore(directory / PARAMS_SUBDIR)
-    config = ml_collections.ConfigDict(json.loads((directory / CONFIG_FILE).read_text()))
-    return params, config
+    return params, load_config(directory)
 
 
 # Errors of the input (files, options, weights) or the environment: one line, status 2.

@@ -1,0 +1,201 @@
+"""Figures of what a model found, and of a run's curves (PNG; needs matplotlib).
+
+    python -m trdetr_jax.plot query --workdir runs/demo --qid 7 --out query.png
+    python -m trdetr_jax.plot query --preds preds.jsonl --gt val.jsonl --qid 7 --out q.png
+    python -m trdetr_jax.plot run --workdir runs/demo --out curves.png
+
+``query``: the paper's Fig. 2/3 view of one query: the predicted saliency per clip against
+the ground-truth saliency (mean annotator score of each relevant clip), and the top-k
+predicted moments (bars labelled with their scores) against the ground-truth windows; time
+in seconds. ``--workdir`` reads the run's ``best_<split>_preds.jsonl`` and its config's
+evaluation file. ``run``: the training losses, learning rate and every evaluation metric of
+``metrics.jsonl`` against the step.
+
+The figure functions return the matplotlib ``Figure`` (``matplotlib`` is the extra
+``plot``: ``pip install 'trdetr_jax[plot]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ImportError(
+            "figures need matplotlib: pip install 'trdetr_jax[plot]' (or matplotlib)"
+        ) from err
+    return plt
+
+
+def gt_saliency(gt: dict[str, Any], n_clips: int) -> np.ndarray:
+    """Ground-truth saliency per clip: the mean annotator score of each relevant clip (0
+    elsewhere); TVSum rows (``label``): the mean over annotators."""
+    out = np.zeros(n_clips, np.float64)
+    if gt.get("label") is not None:
+        label = np.asarray(gt["label"], np.float64).mean(1)[:n_clips]
+        out[: len(label)] = label
+        return out
+    for cid, scores in zip(gt.get("relevant_clip_ids", []), gt.get("saliency_scores", [])):
+        if 0 <= cid < n_clips:
+            out[cid] = float(np.mean(scores))
+    return out
+
+
+def query_figure(
+    pred: dict[str, Any],
+    gt: dict[str, Any] | None = None,
+    *,
+    clip_length: float = 2.0,
+    top_k: int = 5,
+):
+    """Fig. 2/3 view of one query. ``pred``: a prediction row (``pred_saliency_scores``,
+    ``pred_relevant_windows``); ``gt``: its annotation row (optional).
+
+    Axes 0: predicted saliency (line ``'predicted'``) and ground truth (line
+    ``'ground truth'``) per clip, at the clips' start times. Axes 1: one bar per top-k
+    predicted moment (patch gid ``'moment'``, row k from the top, labelled with its score) and
+    the ground-truth windows (grey spans, gid ``'ground truth'``)."""
+    plt = _pyplot()
+    sal = np.asarray(pred.get("pred_saliency_scores", []), np.float64)
+    t = np.arange(len(sal)) * clip_length
+    fig, (ax_s, ax_m) = plt.subplots(2, 1, figsize=(8, 4.5), sharex=True)
+    title = pred.get("query") or (gt or {}).get("query") or f"qid {pred.get('qid')}"
+    fig.suptitle(str(title), fontsize=10)
+    ax_s.plot(t, sal, color="tab:blue", label="predicted")
+    ax_s.set_ylabel("saliency")
+    if gt is not None:
+        ax_g = ax_s.twinx()
+        ax_g.step(
+            t, gt_saliency(gt, len(sal)), where="post", color="tab:green", label="ground truth"
+        )
+        ax_g.set_ylabel("ground truth", color="tab:green")
+        ax_s.legend(handles=ax_s.get_lines() + ax_g.get_lines(), loc="upper right", fontsize=8)
+    moments = list(pred.get("pred_relevant_windows", []))[:top_k]
+    for k, (st, ed, score) in enumerate(moments):
+        y = len(moments) - 1 - k
+        ax_m.barh(y, ed - st, left=st, height=0.6, color="tab:orange", gid="moment")
+        ax_m.text(ed, y, f" {score:.2f}", va="center", fontsize=8)
+    for st, ed in (gt or {}).get("relevant_windows", []):
+        ax_m.axvspan(st, ed, color="0.8", zorder=0, gid="ground truth")
+    ax_m.set_yticks(range(len(moments)), [f"top {len(moments) - y}" for y in range(len(moments))])
+    ax_m.set_xlabel("time (s)")
+    duration = (gt or {}).get("duration") or pred.get("duration") or len(sal) * clip_length
+    ax_m.set_xlim(0, duration)
+    fig.tight_layout()
+    return fig
+
+
+def read_metrics(path: str | pathlib.Path) -> list[dict[str, Any]]:
+    records = []
+    for line in pathlib.Path(path).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a kill
+            continue
+    return records
+
+
+def curves_figure(metrics_path: str | pathlib.Path):
+    """Training curves (every ``train`` field but ``lr`` / ``steps_per_sec``: axes 0; ``lr``:
+    axes 1) and evaluation metrics (axes 2) of a ``metrics.jsonl``, one line per field
+    (labelled with its name) against the step."""
+    plt = _pyplot()
+    records = read_metrics(metrics_path)
+    fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=True)
+    panels = {"train": axes[0], "lr": axes[1], "eval": axes[2]}
+    series: dict[tuple[str, str], tuple[list, list]] = {}
+    for r in records:
+        kind = r.get("type")
+        for name, value in r.items():
+            if name in ("type", "step", "epoch", "steps_per_sec") or value is None:
+                continue
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            panel = "lr" if name == "lr" else kind
+            if panel in panels:
+                xs, ys = series.setdefault((panel, name), ([], []))
+                xs.append(r["step"])
+                ys.append(float(value))
+    for (panel, name), (xs, ys) in sorted(series.items()):
+        panels[panel].plot(xs, ys, marker="." if panel == "eval" else None, label=name)
+    for name, ax in (("training", axes[0]), ("learning rate", axes[1]), ("eval", axes[2])):
+        ax.set_ylabel(name)
+        if ax.get_lines():
+            ax.legend(fontsize=6, ncol=3)
+    axes[2].set_xlabel("step")
+    fig.tight_layout()
+    return fig
+
+
+def _rows_by_qid(path) -> dict[str, dict]:
+    return {str(r["qid"]): r for r in read_metrics(path)}
+
+
+def _workdir_paths(workdir: pathlib.Path) -> tuple[pathlib.Path, str, float]:
+    from trdetr_jax import data as data_lib
+    from trdetr_jax import predict
+
+    config = data_lib.resolve_config(predict.load_config(workdir))
+    preds = workdir / f"best_{config.data.eval_split_name}_preds.jsonl"
+    return preds, config.data.eval_path, float(config.data.clip_length)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trdetr_jax.plot", description=__doc__)
+    sub = parser.add_subparsers(dest="what", required=True)
+    q = sub.add_parser("query", help="predicted vs ground-truth saliency and moments")
+    q.add_argument("--workdir", help="a training workdir (its best predictions and eval file)")
+    q.add_argument("--preds", help="prediction rows (.jsonl)")
+    q.add_argument("--gt", help="annotation rows (.jsonl)")
+    q.add_argument("--qid", required=True)
+    q.add_argument("--clip-length", type=float, default=None)
+    q.add_argument("--top-k", type=int, default=5)
+    q.add_argument("--out", required=True)
+    r = sub.add_parser("run", help="training and evaluation curves of metrics.jsonl")
+    r.add_argument("--workdir", required=True)
+    r.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    try:
+        if args.what == "run":
+            fig = curves_figure(pathlib.Path(args.workdir) / "metrics.jsonl")
+        else:
+            clip_length = 2.0
+            preds, gt_path = args.preds, args.gt
+            if args.workdir:
+                wd_preds, wd_gt, clip_length = _workdir_paths(pathlib.Path(args.workdir))
+                preds, gt_path = preds or wd_preds, gt_path or wd_gt
+            if preds is None:
+                parser.error("query needs --workdir or --preds")
+            rows = _rows_by_qid(preds)
+            if str(args.qid) not in rows:
+                raise ValueError(f"{preds}: no prediction for qid {args.qid}")
+            gt = _rows_by_qid(gt_path).get(str(args.qid)) if gt_path else None
+            fig = query_figure(
+                rows[str(args.qid)],
+                gt,
+                clip_length=args.clip_length or clip_length,
+                top_k=args.top_k,
+            )
+        fig.savefig(args.out, dpi=80)
+    except (OSError, ValueError, ImportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
