@@ -68,9 +68,8 @@ def _state_dict(seed=0):
     return keys.params_to_state_dict(keys.unflatten_params(flat))
 
 
-def _save_lighthouse(path, easydict_module, opt, sd):
+def _save_lighthouse(torch, path, easydict_module, opt, sd):
     """As lighthouse's basic_utils.save_checkpoint: model, optimizer, lr_scheduler, epoch, opt."""
-    torch = pytest.importorskip("torch", reason="writing a lighthouse .ckpt needs torch")
     model = {k: torch.from_numpy(np.array(v)) for k, v in sd.items()}
     optimizer = {"state": {}, "param_groups": [{"lr": 1e-4, "weight_decay": 1e-4, "params": [0]}]}
     scheduler = {"step_size": 400, "gamma": 0.1, "base_lrs": [1e-4], "last_epoch": 7}
@@ -84,9 +83,9 @@ def _save_lighthouse(path, easydict_module, opt, sd):
     torch.save(checkpoint, path)
 
 
-def test_lighthouse_checkpoint_converts(tmp_path, easydict_module):
+def test_lighthouse_checkpoint_converts(tmp_path, easydict_module, torch):
     sd = _state_dict()
-    _save_lighthouse(tmp_path / "best.ckpt", easydict_module, LIGHTHOUSE_OPT, sd)
+    _save_lighthouse(torch, tmp_path / "best.ckpt", easydict_module, LIGHTHOUSE_OPT, sd)
     del sys.modules["easydict"]  # reading needs no easydict: the options come back as a dict
     rc = convert.main(["--checkpoint", str(tmp_path / "best.ckpt"), "--out", str(tmp_path / "o")])
     assert rc == 0
@@ -105,9 +104,9 @@ def test_lighthouse_checkpoint_converts(tmp_path, easydict_module):
         np.testing.assert_array_equal(back[k], v, err_msg=k)
 
 
-def test_lighthouse_audio_and_other_datasets_are_refused(tmp_path, easydict_module, capsys):
+def test_lighthouse_audio_and_other_datasets_are_refused(tmp_path, easydict_module, capsys, torch):
     opt = dict(LIGHTHOUSE_OPT, ctx_mode="video_audio_tef", a_feat_dirs=["features/q/pann"])
-    _save_lighthouse(tmp_path / "a.ckpt", easydict_module, opt, _state_dict())
+    _save_lighthouse(torch, tmp_path / "a.ckpt", easydict_module, opt, _state_dict())
     rc = convert.main(["--checkpoint", str(tmp_path / "a.ckpt"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1

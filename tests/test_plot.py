@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("matplotlib", reason="matplotlib (extra 'plot') not installed")
+pytestmark = pytest.mark.extras  # CI installs the extras and selects these
 
 from trdetr_jax import plot  # noqa: E402
 

@@ -6,6 +6,8 @@ import pytest
 
 from trdetr_jax import runlog, tensorboard
 
+pytestmark = pytest.mark.extras  # CI installs the extras and selects these
+
 
 def test_records_read_back_from_the_event_files(tmp_path):
     pytest.importorskip("tensorboardX", reason="tensorboardX (extra 'tensorboard') not installed")
