@@ -17,17 +17,24 @@ step donates its state buffers, so nothing may still be reading them when it run
 means that when :meth:`RunCheckpoints.save` returns, the checkpoint is on disk. A process
 killed mid-save leaves a temporary directory that is ignored and removed
 (``cleanup_tmp_directories``) the next time a manager opens the folder.
+
+Damage after the fact (a truncated or deleted data file, a deleted or garbled
+``manifest.ocdbt``, ``state/_METADATA`` or ``loop/metadata``) is found by restoring:
+:meth:`RunCheckpoints.restore_intact` tries the steps newest first and returns the first one
+whose two items both restore, so train state and loop state always come from one step.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import os
 import pathlib
 import shutil
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -194,16 +201,21 @@ class RunCheckpoints:
         ``on_damaged(step, reason)`` and skipped as a whole. ``None`` when no step remains.
         """
         for step in steps:
-            try:
-                with _quiet_orbax():
+            with _quiet_orbax():
+                try:
                     state, loop = self.restore(step, abstract_state)
-                found = int(state.step) if hasattr(state, "step") else loop.step
-                if loop.step != step or found != step:
-                    raise ValueError(f"loop state says step {loop.step}, train state step {found}")
-            except Exception as e:  # noqa: BLE001 (any failure to read means: damaged)
-                on_damaged(step, _one_line(e))
-                continue
-            return step, state, loop
+                    found = int(state.step) if hasattr(state, "step") else loop.step
+                    if loop.step != step or found != step:
+                        raise ValueError(f"loop state says step {loop.step}, train state {found}")
+                except Exception as e:  # noqa: BLE001 (any failure to read means: damaged)
+                    reason = _one_line(e)
+                    del e
+                    # The reads still pending of the failed restore end (and would log their
+                    # errors) when collected: collect them while Orbax is silenced.
+                    gc.collect()
+                else:
+                    return step, state, loop
+            on_damaged(step, reason)
         return None
 
     def set_aside(self, step: int, dest: str | os.PathLike) -> pathlib.Path:
@@ -230,7 +242,7 @@ class RunCheckpoints:
 
 def _one_line(e: BaseException) -> str:
     """An exception as one short line (Orbax / TensorStore messages run over many lines)."""
-    text = " ".join(str(e).split())
+    text = " ".join(str(e).split()).split(" [tensorstore_spec")[0]
     if len(text) > 200:
         text = text[:197] + "..."
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
@@ -238,15 +250,19 @@ def _one_line(e: BaseException) -> str:
 
 @contextlib.contextmanager
 def _quiet_orbax():
-    """Silences Orbax's own error logging while a possibly damaged step is tried (the caller
-    reports the failure in one line)."""
-    loggers = [logging.getLogger(n) for n in ("absl", "orbax", "jax._src.array")]
+    """Silences Orbax's own error logging (and the errors of its abandoned reads) while a
+    possibly damaged step is tried; the caller reports the failure in one line."""
+    loggers = [logging.getLogger(n) for n in ("absl", "orbax", "asyncio", "jax._src.array")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.CRITICAL)
+        lg.setLevel(logging.CRITICAL + 1)
+    hook = sys.unraisablehook
+    # Callbacks of the failed reads find their event loop closed ("Event loop is closed").
+    sys.unraisablehook = lambda unraisable: None
     try:
         yield
     finally:
+        sys.unraisablehook = hook
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
 
