@@ -129,12 +129,11 @@ def define_flags(argv: list[str]) -> None:
         sys.exit(2)
 
 
-def run(argv: list[str] | None = None) -> None:
-    """The command line: ``python -m trdetr_jax.main [--config=...] [--workdir=...]``."""
-    argv = list(sys.argv if argv is None else argv)
-    if "config" not in FLAGS:
-        define_flags(argv)
-    app.run(main, argv=argv, flags_parser=parse_flags)
+def run() -> None:
+    """The command line: ``python -m trdetr_jax.main [--config=...] [--workdir=...]``
+    (``sys.argv``, which ml_collections reads while defining ``--config``)."""
+    define_flags(sys.argv)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":
