@@ -692,6 +692,12 @@ def write_jsonl_atomic(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains, evaluates every ``eval_every_epochs``, keeps the best; resumes from ``workdir``.
 
+    Everything that can refuse the run is decided before the workdir is touched: the loop
+    settings, the workdir's writability, the data (every row and feature header), and, when
+    resuming, whether the new config keeps the settings the checkpoints fix
+    (:data:`RESUME_FIXED`). Resuming restores the newest checkpoint that reads completely
+    (unreadable newer steps are reported and moved to ``checkpoints_damaged/``).
+
     Returns the run summary (also printed as a table and written to ``summary.json``).
     """
     t_start = time.time()
