@@ -339,3 +339,13 @@ def test_unwritable_workdir_is_refused_before_anything(tmp_path, monkeypatch):
     with pytest.raises(train.RunError, match=r"cannot write in .*\(Permission denied\)$"):
         train.train_and_evaluate(config_of(tmp_path), str(workdir))
     assert not (tmp_path / "new").exists() and not (tmp_path / "demo").exists()
+
+
+def test_predict_cli_errors_are_one_line(tmp_path, capsys):
+    from trdetr_jax import predict
+
+    assert predict.main([str(tmp_path / "none"), "qvhighlights:val", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "config.json not found" in err[0]
+    assert predict.main(["only-one"]) == 2
+    assert capsys.readouterr().err.startswith("usage: python -m trdetr_jax.predict DIR")
