@@ -4,7 +4,7 @@ A checkpoint directory is either
 
 - a training ``--workdir``: ``config.json`` + ``checkpoints/`` (the run's Orbax
   ``CheckpointManager``); the best evaluated step is used, or the latest one if the run
-  never evaluated;
+  never evaluated (or the next readable one when that step is damaged);
 - a converted official checkpoint (``python -m trdetr_jax.convert``): ``config.json`` +
   ``params/`` (an Orbax ``StandardSave`` of the parameter tree).
 
@@ -77,7 +77,9 @@ def restore_params(
 ) -> tuple[Any, dict[str, Any]]:
     """Parameters of the best (else latest) checkpoint of a workdir, or of a converted dir.
 
-    Returns (params, info) where info names the step it came from.
+    A workdir step that cannot be read is reported in one warning line and the next one
+    (best first, then newest first) is tried. Returns (params, info) where info names the
+    step it came from.
     """
     checkpoint_dir = pathlib.Path(checkpoint_dir)
     run_dir = checkpoint_dir / checkpointing.CHECKPOINT_SUBDIR
