@@ -17,15 +17,25 @@ step donates its state buffers, so nothing may still be reading them when it run
 means that when :meth:`RunCheckpoints.save` returns, the checkpoint is on disk. A process
 killed mid-save leaves a temporary directory that is ignored and removed
 (``cleanup_tmp_directories``) the next time a manager opens the folder.
+
+Damage after the fact (a truncated or deleted data file, a deleted or garbled
+``manifest.ocdbt``, ``state/_METADATA`` or ``loop/metadata``) is found by restoring:
+:meth:`RunCheckpoints.restore_intact` tries the steps newest first and returns the first one
+whose two items both restore, so train state and loop state always come from one step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import os
 import pathlib
+import shutil
+import sys
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orbax.checkpoint as ocp
@@ -35,6 +45,13 @@ STATE_ITEM = "state"
 LOOP_ITEM = "loop"
 CHECKPOINT_SUBDIR = "checkpoints"
 CONFIG_FILE = "config.json"
+# Where a resumed run moves the step directories it could not read (kept for inspection,
+# out of the manager's folder so that the replayed steps can be saved again).
+DAMAGED_SUBDIR = "checkpoints_damaged"
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint of a run can be read (every candidate step is damaged)."""
 
 
 @dataclasses.dataclass
@@ -66,6 +83,9 @@ class LoopState:
     # Running sums of train metrics since the last log line (so a resumed run logs the same).
     log_sums: dict[str, float] = dataclasses.field(default_factory=dict)
     log_count: int = 0
+    # Wall-clock seconds of every process of the run up to this checkpoint (the summary's
+    # wall time adds the current process's time since its start to it).
+    wall_time_s: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -160,6 +180,56 @@ class RunCheckpoints:
         )
         return restored[STATE_ITEM], LoopState.from_json(restored[LOOP_ITEM])
 
+    def candidate_steps(self, *, best_first: bool = False) -> list[int]:
+        """Finalised steps, newest first; ``best_first`` puts the best evaluated step first."""
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        best = self.best_step() if best_first else None
+        if best is not None:
+            steps = [best] + [s for s in steps if s != best]
+        return steps
+
+    def restore_intact(
+        self,
+        abstract_state: Any,
+        steps: Iterable[int],
+        on_damaged: Callable[[int, str], None],
+    ) -> tuple[int, Any, LoopState] | None:
+        """``(step, state, loop)`` of the first of ``steps`` whose items all restore.
+
+        Train state and loop state always come from the same step: a step where either item
+        fails to read (or where they disagree on the step) is reported through
+        ``on_damaged(step, reason)`` and skipped as a whole. ``None`` when no step remains.
+        """
+        for step in steps:
+            with _quiet_orbax():
+                try:
+                    state, loop = self.restore(step, abstract_state)
+                    found = int(state.step) if hasattr(state, "step") else loop.step
+                    if loop.step != step or found != step:
+                        raise ValueError(f"loop state says step {loop.step}, train state {found}")
+                except Exception as e:  # noqa: BLE001 (any failure to read means: damaged)
+                    reason = _one_line(e)
+                    del e
+                    # The reads still pending of the failed restore end (and would log their
+                    # errors) when collected: collect them while Orbax is silenced.
+                    gc.collect()
+                else:
+                    return step, state, loop
+            on_damaged(step, reason)
+        return None
+
+    def set_aside(self, step: int, dest: str | os.PathLike) -> pathlib.Path:
+        """Moves a damaged step directory to ``dest/<step>`` and forgets it."""
+        dest = pathlib.Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        target = dest / str(step)
+        n = 1
+        while target.exists():
+            target, n = dest / f"{step}.{n}", n + 1
+        shutil.move(str(self.directory / str(step)), str(target))
+        self.manager.reload()
+        return target
+
     def restore_loop(self, step: int) -> LoopState:
         restored = self.manager.restore(
             step, args=ocp.args.Composite(**{LOOP_ITEM: ocp.args.JsonRestore()})
@@ -168,6 +238,33 @@ class RunCheckpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception as one short line (Orbax / TensorStore messages run over many lines)."""
+    text = " ".join(str(e).split()).split(" [tensorstore_spec")[0]
+    if len(text) > 200:
+        text = text[:197] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Silences Orbax's own error logging (and the errors of its abandoned reads) while a
+    possibly damaged step is tried; the caller reports the failure in one line."""
+    loggers = [logging.getLogger(n) for n in ("absl", "orbax", "asyncio", "jax._src.array")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    hook = sys.unraisablehook
+    # Callbacks of the failed reads find their event loop closed ("Event loop is closed").
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        yield
+    finally:
+        sys.unraisablehook = hook
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:

@@ -59,6 +59,10 @@ def get_base_config() -> config_dict.ConfigDict:
     data.max_windows = 5
     # What to do with a video longer than max_v_l: 'truncate' (warn once) or 'error'.
     data.on_long_video = "truncate"
+    # Odd but usable annotation rows (a window starting before 0 or ending after the
+    # duration): False clamps them to [0, duration] and warns once with a count; True
+    # refuses the run and lists them (see trdetr_jax.data.checks).
+    data.strict = False
     # TVSum domain (BK BT DS FM GA MS PK PR VT VU); None for other datasets.
     data.domain = config_dict.placeholder(str)
     # Keep all features in host memory after the first read.

@@ -105,12 +105,20 @@ def _predict(args, gt_path: pathlib.Path) -> list[dict]:
             "--checkpoint needs trdetr_jax.predict.predict_rows, which this installation "
             "does not provide yet; write predictions to a file and use --submission"
         ) from None
-    return predict_rows(
-        args.checkpoint,
-        str(gt_path),
-        feature_root=args.feature_root,
-        overrides=tuple(args.override),
-    )
+    from trdetr_jax.data import DataError
+    from trdetr_jax.train import RunError
+
+    try:
+        return predict_rows(
+            args.checkpoint,
+            str(gt_path),
+            feature_root=args.feature_root,
+            overrides=tuple(args.override),
+        )
+    except (RunError, DataError) as e:
+        if args.traceback:
+            raise
+        raise EvalInputError(f"--checkpoint {args.checkpoint}: {e}") from None
 
 
 def _format(value) -> str:

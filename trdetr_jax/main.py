@@ -28,15 +28,10 @@ _SOURCE_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo
 DEFAULT_CONFIG = _SOURCE_CONFIG if _SOURCE_CONFIG.exists() else pathlib.Path("configs/demo.py")
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config",
-    str(DEFAULT_CONFIG),
-    "Training configuration file (a configs/*.py); override fields with --config.a.b=value.",
-    lock_config=True,
-)
 flags.DEFINE_string(
     "workdir", None, "Run directory (checkpoints, logs, predictions). Default: workdir/<config>."
 )
+flags.DEFINE_bool("traceback", False, "Show the traceback of errors (default: one line).")
 
 
 class _OwnInfoOnly(stdlib_logging.Filter):
@@ -52,6 +47,48 @@ def default_workdir(config_path: str) -> str:
     return str(pathlib.Path("workdir") / name)
 
 
+def _innermost(e: BaseException) -> BaseException:
+    """ml_collections wraps a KeyError (whose text has the "did you mean") in an
+    AttributeError, which absl wraps again."""
+    while e.args and isinstance(e.args[0], BaseException):
+        e = e.args[0]
+    return e
+
+
+def flag_error_line(e: BaseException, argv: list[str]) -> str:
+    """One line for a command-line error: the flag, what is wrong, the suggestion."""
+    inner = _innermost(e)
+    text = inner.args[0] if inner.args and isinstance(inner.args[0], str) else str(inner)
+    text = " ".join(text.split())
+    if isinstance(inner, (KeyError, AttributeError)):
+        name = text.split()[0].strip("'\"") if text else ""
+        culprit = next(
+            (a for a in argv if a.startswith("--config.") and f".{name}" in a.split("=")[0]),
+            "--config",
+        )
+        rest = text[len(text.split()[0]) :].strip() if text else ""
+        hint = f"; {rest[0].lower()}{rest[1:]}" if rest else ""
+        return f"{culprit}: no config field {name!r}{hint}"
+    return text
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with command-line mistakes reported in one line (status 2)."""
+    try:
+        return FLAGS(argv)
+    except Exception as e:  # noqa: BLE001 (absl / ml_collections raise several kinds)
+        if "--traceback" in argv:
+            raise
+        print(f"error: {flag_error_line(e, argv)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def error_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename is not None:
+        return f"{e.filename}: {e.strerror or e}"
+    return str(e)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -65,11 +102,39 @@ def main(argv: list[str]) -> None:
     workdir = FLAGS.workdir or default_workdir(FLAGS["config"].config_filename)
     try:
         train.train_and_evaluate(FLAGS.config, workdir)
-    except (train.NonFiniteLossError, DataError) as e:
-        # Errors the user acts on (bad data, diverged run): one clear line, no traceback.
-        logging.error("%s", e)
-        sys.exit(f"error: {e}")
+    except (train.NonFiniteLossError, train.RunError, DataError, OSError) as e:
+        # Errors the user acts on (bad data or settings, a diverged run, an unwritable
+        # folder): one clear line on stderr, no traceback unless --traceback.
+        if FLAGS.traceback:
+            raise
+        print(f"error: {error_line(e)}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def define_flags(argv: list[str]) -> None:
+    """``--config``; ml_collections applies the ``--config.a.b=value`` overrides of
+    ``argv`` while defining it, so a mistyped key fails here: one line (status 2)."""
+    try:
+        config_flags.DEFINE_config_file(
+            "config",
+            str(DEFAULT_CONFIG),
+            "Training configuration file (a configs/*.py); override fields with "
+            "--config.a.b=value.",
+            lock_config=True,
+        )
+    except Exception as e:  # noqa: BLE001 (KeyError, AttributeError, ValueError, flags.Error)
+        if "--traceback" in argv:
+            raise
+        print(f"error: {flag_error_line(e, argv)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run() -> None:
+    """The command line: ``python -m trdetr_jax.main [--config=...] [--workdir=...]``
+    (``sys.argv``, which ml_collections reads while defining ``--config``)."""
+    define_flags(sys.argv)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

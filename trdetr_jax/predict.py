@@ -4,7 +4,7 @@ A checkpoint directory is either
 
 - a training ``--workdir``: ``config.json`` + ``checkpoints/`` (the run's Orbax
   ``CheckpointManager``); the best evaluated step is used, or the latest one if the run
-  never evaluated;
+  never evaluated (or the next readable one when that step is damaged);
 - a converted official checkpoint (``python -m trdetr_jax.convert``): ``config.json`` +
   ``params/`` (an Orbax ``StandardSave`` of the parameter tree).
 
@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import pathlib
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,11 +41,14 @@ def _tuples(obj: Any) -> Any:
 def load_config(checkpoint_dir: str | pathlib.Path) -> ml_collections.ConfigDict:
     path = pathlib.Path(checkpoint_dir) / checkpointing.CONFIG_FILE
     if not path.exists():
-        raise FileNotFoundError(
+        raise train.RunError(
             f"{path} not found: a checkpoint directory needs the config.json the training run "
             "(or trdetr_jax.convert) wrote beside its checkpoints"
         )
-    return ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
+    try:
+        return ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
+    except (OSError, ValueError) as e:
+        raise train.RunError(f"{path}: cannot read the recorded configuration ({e})") from None
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
@@ -51,7 +56,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep:
-            raise ValueError(f"override {item!r} is not of the form key=value")
+            raise train.RunError(f"override {item!r} is not of the form key=value")
         try:
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
@@ -60,10 +65,10 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
         node = config
         for name in parents:
             if name not in node:
-                raise KeyError(f"override {item!r}: no config field {key!r}")
+                raise train.RunError(f"override {item!r}: no config field {key!r}")
             node = node[name]
         if leaf not in node:
-            raise KeyError(f"override {item!r}: no config field {key!r}")
+            raise train.RunError(f"override {item!r}: no config field {key!r}")
         node[leaf] = value
 
 
@@ -72,27 +77,42 @@ def restore_params(
 ) -> tuple[Any, dict[str, Any]]:
     """Parameters of the best (else latest) checkpoint of a workdir, or of a converted dir.
 
-    Returns (params, info) where info names the step it came from.
+    A workdir step that cannot be read is reported in one warning line and the next one
+    (best first, then newest first) is tried. Returns (params, info) where info names the
+    step it came from.
     """
     checkpoint_dir = pathlib.Path(checkpoint_dir)
     run_dir = checkpoint_dir / checkpointing.CHECKPOINT_SUBDIR
     if run_dir.is_dir():
         ckpt = checkpointing.RunCheckpoints(run_dir, read_only=True)
-        step = ckpt.best_step()
-        which = "best"
-        if step is None:
-            step, which = ckpt.latest_step(), "latest"
-        if step is None:
-            raise FileNotFoundError(f"no complete checkpoint in {run_dir}")
-        state, _ = ckpt.restore(step, abstract_state)
-        ckpt.close()
+        try:
+            best = ckpt.best_step()
+            candidates = ckpt.candidate_steps(best_first=True)
+            if not candidates:
+                raise train.RunError(f"no complete checkpoint in {run_dir}")
+
+            def on_damaged(step: int, reason: str) -> None:
+                logging.warning(
+                    "checkpoint step %d of %s cannot be read (%s); trying the next one",
+                    step, run_dir, reason,
+                )  # fmt: skip
+
+            found = ckpt.restore_intact(abstract_state, candidates, on_damaged)
+        finally:
+            ckpt.close()
+        if found is None:
+            raise train.RunError(
+                f"no checkpoint of {run_dir} can be read (steps {', '.join(map(str, candidates))})"
+            )
+        step, state, _ = found
+        which = "best" if step == best else "latest" if step == max(candidates) else "older"
         return state.params, {"source": str(run_dir), "step": step, "which": which}
     params_dir = checkpoint_dir / PARAMS_SUBDIR
     if params_dir.is_dir():
         with ocp.StandardCheckpointer() as ckptr:
             params = ckptr.restore(params_dir.resolve(), abstract_state.params)
         return params, {"source": str(params_dir), "step": None, "which": "converted"}
-    raise FileNotFoundError(
+    raise train.RunError(
         f"{checkpoint_dir} holds neither {checkpointing.CHECKPOINT_SUBDIR}/ (a training "
         f"workdir) nor {PARAMS_SUBDIR}/ (a converted checkpoint)"
     )
@@ -139,17 +159,28 @@ def predict_rows(
     return train.predict_split(steps.eval, steps.data, params, eval_ds, config, batch_size)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m trdetr_jax.predict DIR GT.jsonl OUT.jsonl [key=value ...]``."""
-    import sys
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m trdetr_jax.predict DIR GT.jsonl OUT.jsonl [key=value ...] [--traceback]``."""
+    from trdetr_jax.data import DataError
 
     args = list(sys.argv[1:] if argv is None else argv)
+    show_traceback = "--traceback" in args
+    args = [a for a in args if a != "--traceback"]
     if len(args) < 3:
-        raise SystemExit(main.__doc__)
-    rows = predict_rows(args[0], args[1], overrides=args[3:])
-    train.write_jsonl_atomic(pathlib.Path(args[2]), rows)
+        print(f"usage: {main.__doc__.strip('`')}", file=sys.stderr)
+        return 2
+    try:
+        rows = predict_rows(args[0], args[1], overrides=args[3:])
+        train.write_jsonl_atomic(pathlib.Path(args[2]), rows)
+    except (train.RunError, DataError, OSError) as e:
+        if show_traceback:
+            raise
+        text = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else e
+        print(f"error: {text}", file=sys.stderr)
+        return 1
     print(f"wrote {len(rows)} rows to {args[2]}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

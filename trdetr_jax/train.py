@@ -22,6 +22,7 @@ import functools
 import json
 import os
 import pathlib
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -48,6 +49,11 @@ EVAL_OUTPUT_KEYS = ("pred_logits", "pred_spans", "saliency_scores", "video_mask"
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when the training loss becomes NaN or Inf."""
+
+
+class RunError(ValueError):
+    """The run cannot go ahead as asked (workdir, resume, checkpoints); the message says why
+    and what to do. Raised before anything in the workdir is changed, unless it says so."""
 
 
 # ----------------------------------------------------------------------------- state
@@ -181,13 +187,13 @@ def check_train_config(tcfg: ml_collections.ConfigDict) -> None:
     ):
         value = tcfg[name]
         if not isinstance(value, int) or value < 1:
-            raise ValueError(f"config.train.{name} must be a positive integer, got {value!r}")
+            raise RunError(f"config.train.{name} must be a positive integer, got {value!r}")
 
 
 def check_batch_size(batch_size: int, mesh: jax.sharding.Mesh, what: str) -> None:
     n = mesh.devices.size
     if batch_size % n:
-        raise ValueError(
+        raise RunError(
             f"{what}={batch_size} is not divisible by the number of devices ({n}): the global "
             f"batch is split evenly across devices. Use a multiple of {n}, e.g. "
             f"--config.train.batch_size={max(n, batch_size // n * n)}."
@@ -403,6 +409,132 @@ def config_to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return json.loads(config.to_json_best_effort())
 
 
+# Settings a run cannot change when it resumes: they fix the shapes of the parameters, of the
+# optimiser state or of the batches, or the run's random streams and data positions. A
+# trailing '.' names a whole section; the others are single keys.
+RESUME_FIXED = (
+    "seed",
+    "model.",
+    "data.dataset",
+    "data.v_feat_dirs",
+    "data.v_feat_dims",
+    "data.v_feat_format",
+    "data.t_feat_dim",
+    "data.a_feat_dir",
+    "data.a_feat_dim",
+    "data.use_tef",
+    "data.max_v_l",
+    "data.max_q_l",
+    "data.max_windows",
+    "train.batch_size",
+)
+# Model settings that change neither shapes nor anything a checkpoint holds.
+RESUME_FREE_MODEL = ("model.dropout", "model.input_dropout")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resume_conflicts(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``'key old -> new'`` for each :data:`RESUME_FIXED` setting that differs."""
+    a, b = _flat(old), _flat(new)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        fixed = any(key == f or (f.endswith(".") and key.startswith(f)) for f in RESUME_FIXED)
+        if fixed and key not in RESUME_FREE_MODEL and a.get(key) != b.get(key):
+            out.append(f"{key} {a.get(key)!r} -> {b.get(key)!r}")
+    return out
+
+
+def check_resumable(old: dict[str, Any], new: dict[str, Any], workdir: pathlib.Path) -> None:
+    conflicts = resume_conflicts(old, new)
+    if conflicts:
+        raise RunError(
+            f"cannot resume {workdir}: settings fixed by its checkpoints differ from its "
+            f"{checkpointing.CONFIG_FILE}: {', '.join(conflicts)}. Set them back, or use "
+            "another --workdir for a new run."
+        )
+
+
+def check_workdir(workdir: pathlib.Path) -> None:
+    """The workdir (or the folder it will be created in) can be written; changes nothing."""
+    existing = workdir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunError(f"--workdir {workdir}: {existing} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".trdetr-write-test-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise RunError(f"--workdir {workdir}: cannot write in {existing} ({e.strerror})") from None
+
+
+def has_checkpoints(ckpt_dir: pathlib.Path) -> bool:
+    if not ckpt_dir.is_dir():
+        return False
+    ckpt = checkpointing.RunCheckpoints(ckpt_dir, read_only=True)
+    try:
+        return bool(ckpt.candidate_steps())
+    finally:
+        ckpt.close()
+
+
+def saved_config(path: pathlib.Path) -> dict[str, Any] | None:
+    """The ``config.json`` of an earlier run in the workdir, None if there is none."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RunError(
+            f"{path}: cannot read the run's recorded configuration ({e}); restore it, or use "
+            "another --workdir"
+        ) from None
+
+
+def resume_point(
+    ckpt: checkpointing.RunCheckpoints,
+    abstract_state: Any,
+    candidates: list[int],
+    workdir: pathlib.Path,
+    notes: list[str],
+) -> tuple[int, Any, checkpointing.LoopState]:
+    """``(step, state, loop)`` of the newest checkpoint that restores completely.
+
+    Each unreadable step is reported in one warning line (appended to ``notes``) and moved
+    to ``<workdir>/checkpoints_damaged/`` once an older step has restored, so that the
+    replayed steps can be saved again. Raises :class:`RunError` when no step can be read.
+    """
+
+    def on_damaged(step: int, reason: str) -> None:
+        line = f"checkpoint step {step} of {ckpt.directory} cannot be read ({reason})"
+        logging.warning("%s", line)
+        notes.append(line)
+
+    found = ckpt.restore_intact(abstract_state, candidates, on_damaged)
+    if found is None:
+        raise RunError(
+            f"no checkpoint of {ckpt.directory} can be read (steps "
+            f"{', '.join(map(str, candidates))}); move that folder away to start the run over"
+        )
+    for step in (s for s in candidates if s > found[0]):
+        if jax.process_index() == 0:
+            dest = ckpt.set_aside(step, workdir / checkpointing.DAMAGED_SUBDIR)
+            line = f"moved the unreadable checkpoint step {step} to {dest}"
+            logging.warning("%s", line)
+            notes.append(line)
+    return found
+
+
 # ----------------------------------------------------------------------------- data
 # The one boundary to the data pipeline (trdetr_jax.data): datasets, seeded batches.
 
@@ -571,21 +703,34 @@ def write_jsonl_atomic(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains, evaluates every ``eval_every_epochs``, keeps the best; resumes from ``workdir``.
 
+    Everything that can refuse the run is decided before the workdir is touched: the loop
+    settings, the workdir's writability, the data (every row and feature header), and, when
+    resuming, whether the new config keeps the settings the checkpoints fix
+    (:data:`RESUME_FIXED`). Resuming restores the newest checkpoint that reads completely
+    (unreadable newer steps are reported and moved to ``checkpoints_damaged/``).
+
     Returns the run summary (also printed as a table and written to ``summary.json``).
     """
     t_start = time.time()
     maybe_initialize_distributed(config)
-    workdir_path = pathlib.Path(workdir).resolve()
-    workdir_path.mkdir(parents=True, exist_ok=True)
     tcfg = config.train
     check_train_config(tcfg)
+    workdir_path = pathlib.Path(workdir).resolve()
+    check_workdir(workdir_path)
 
-    # ---- data, model, mesh.
+    # ---- data, model, mesh. Nothing is written to the workdir until the run goes ahead.
     mesh = make_mesh()
     check_batch_size(tcfg.batch_size, mesh, "config.train.batch_size")
     n_dev = mesh.devices.size
     eval_batch_size = -(-tcfg.eval_batch_size // n_dev) * n_dev  # eval pads: round up
+    # Every annotation row and feature file header is checked here, before compiling.
     config, train_ds, eval_ds = load_datasets(config)
+    new_cfg = config_to_dict(config)
+    config_path = workdir_path / checkpointing.CONFIG_FILE
+    ckpt_dir = workdir_path / checkpointing.CHECKPOINT_SUBDIR
+    old_cfg = saved_config(config_path) if has_checkpoints(ckpt_dir) else None
+    if old_cfg is not None:
+        check_resumable(old_cfg, new_cfg, workdir_path)
     n_steps_epoch = steps_per_epoch(train_ds, tcfg.batch_size)
     total_steps = n_steps_epoch * tcfg.num_epochs
     steps = run_steps(config, mesh, n_steps_epoch, abstract_batch(train_ds, tcfg.batch_size))
@@ -593,20 +738,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Parameter init and dropout draw from independent streams of the one seed.
     init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
 
-    # ---- configuration file: record it, say what changed when resuming.
-    config_path = workdir_path / checkpointing.CONFIG_FILE
-    new_cfg = config_to_dict(config)
-    config_changes = []
-    if config_path.exists():
-        config_changes = _config_diff(json.loads(config_path.read_text()), new_cfg)
+    # ---- checkpoints: resume from the newest one that can be read, if there is one.
+    ckpt = checkpointing.RunCheckpoints(ckpt_dir)
+    damaged: list[str] = []
+    restored = None
+    candidates = ckpt.candidate_steps()
+    if candidates:
+        restored = resume_point(ckpt, steps.abstract_state, candidates, workdir_path, damaged)
+        if restored[2].seed != config.seed:
+            raise RunError(
+                f"{workdir_path} holds a run with seed {restored[2].seed}, but config.seed is "
+                f"{config.seed}; resuming would not reproduce it. Use another --workdir."
+            )
+
+    # ---- the run goes ahead: record its configuration, say what changed when resuming.
+    workdir_path.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         checkpointing.write_json_atomic(config_path, new_cfg)
-
-    # ---- checkpoints: resume from the latest one if there is one.
-    ckpt = checkpointing.RunCheckpoints(workdir_path / checkpointing.CHECKPOINT_SUBDIR)
-    latest = ckpt.latest_step()
-    log = runlog.RunLog(workdir_path, latest)
-    if latest is None:
+    log = runlog.RunLog(workdir_path, None if restored is None else restored[0])
+    for line in damaged:
+        log.info("%s", line, console=False)  # already shown as warnings
+    if restored is None:
         state = steps.init(init_rng)
         loop = checkpointing.LoopState(seed=config.seed)
         log.info(
@@ -621,22 +773,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             tcfg.num_epochs,
         )
     else:
-        state, loop = ckpt.restore(latest, steps.abstract_state)
-        if loop.seed != config.seed:
-            raise ValueError(
-                f"{workdir_path} holds a run with seed {loop.seed}, but config.seed is "
-                f"{config.seed}; resuming would not reproduce it. Use another --workdir."
+        _, state, loop = restored
+        if loop.epoch >= tcfg.num_epochs or loop.stopped_early:
+            log.info(
+                "%s is finished (step %d, %d epochs%s): nothing to train",
+                workdir_path,
+                loop.step,
+                loop.epoch,
+                ", stopped early" if loop.stopped_early else "",
             )
-        log.info(
-            "resuming %s from step %d (epoch %d, batch %d of %d)",
-            workdir_path,
-            loop.step,
-            loop.epoch + 1,
-            loop.batch_in_epoch,
-            n_steps_epoch,
-        )
-        for change in config_changes:
+        else:
+            log.info(
+                "resuming %s from step %d (epoch %d, batch %d of %d)",
+                workdir_path,
+                loop.step,
+                loop.epoch + 1,
+                loop.batch_in_epoch,
+                n_steps_epoch,
+            )
+        for change in _config_diff(old_cfg, new_cfg) if old_cfg is not None else []:
             log.info("config changed since the checkpoint: %s", change)
+    # Wall time of the earlier processes of this run (this one's is added at each save).
+    wall_before = loop.wall_time_s
+
+    def save(score: float | None = None) -> None:
+        loop.wall_time_s = wall_before + time.time() - t_start
+        ckpt.save(state, loop, score=score)
+
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     log.info("model: %.2fM parameters", n_params / 1e6)
 
@@ -726,7 +889,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 end_of_epoch = loop.batch_in_epoch == n_steps_epoch
                 if not end_of_epoch and loop.step % tcfg.checkpoint_every_steps == 0:
                     drain()  # never save a state whose loss was not checked
-                    ckpt.save(state, loop)
+                    save()
             drain()
             loop.epoch, loop.batch_in_epoch = epoch + 1, 0
             is_last = loop.epoch == tcfg.num_epochs
@@ -735,9 +898,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 if 0 <= tcfg.max_es_cnt < loop.es_cnt:
                     log.info("early stop: no improvement in %d evaluations", loop.es_cnt)
                     loop.stopped_early = True
-                ckpt.save(state, loop, score=score)
+                save(score)
             elif is_last or loop.step % tcfg.checkpoint_every_steps == 0:
-                ckpt.save(state, loop)
+                save()
     finally:
         bar.close()
     ckpt.close()
@@ -752,7 +915,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "best_step": loop.best_step,
         "best_brief": loop.best_brief,
         "best_predictions": str(best_preds_path),
-        "wall_time_s": time.time() - t_start,
+        "wall_time_s": wall_before + time.time() - t_start,
     }
     if jax.process_index() == 0:
         checkpointing.write_json_atomic(workdir_path / "summary.json", summary)

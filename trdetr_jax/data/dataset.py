@@ -17,7 +17,7 @@ import numpy as np
 from ml_collections import config_dict
 
 from trdetr_jax.data import annotations as ann
-from trdetr_jax.data import batching, features, targets
+from trdetr_jax.data import batching, checks, features, targets
 from trdetr_jax.data.errors import DataError
 
 
@@ -220,6 +220,7 @@ def build_datasets(config: config_dict.ConfigDict) -> tuple[MomentDataset, Momen
     store = make_store(data)
     train = make_dataset(data, "train", store, seed=config.seed)
     evaluation = make_dataset(data, "eval", store, seed=config.seed)
+    checks.preflight(data, train, evaluation)  # every row and feature header, all at once
     _check_memory(store, train.rows + evaluation.rows)
     return train, evaluation
 
@@ -229,6 +230,7 @@ def build_eval_dataset(config: config_dict.ConfigDict) -> MomentDataset:
     data = resolve_config(config).data
     store = make_store(data)
     evaluation = make_dataset(data, "eval", store, seed=config.seed)
+    checks.preflight(data, None, evaluation)
     _check_memory(store, evaluation.rows)
     return evaluation
 
