@@ -1,9 +1,9 @@
 """A tiny training run for the trainer's tests: the demo generator at toy sizes.
 
 The data are written in the QVHighlights on-disk layout (the demo generator), so the tests
-go through the real readers, model, losses, matcher and metrics. Sizes: hidden 256 (the
-decoder's sine embedding needs it), FFN 32, one encoder / decoder layer, 16-d video features
-(8 + 6 + TEF), 16-d text, L_v 12, global batch 4.
+go through the real readers, model, losses, matcher and metrics. Sizes: hidden 32 (8 heads
+of 4), FFN 32, one encoder / decoder layer, 16-d video features (8 + 6 + TEF), 16-d text,
+L_v 12, global batch 4.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def tiny_config(cache_dir: pathlib.Path):
     data.max_q_l = 8
     data.prefetch_depth = 2
     model = config.model
+    model.hidden_dim = 32
     model.enc_layers = 1
     model.dec_layers = 1
     model.dim_feedforward = 32

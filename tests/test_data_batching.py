@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -150,19 +149,25 @@ def test_prefetch_reraises_producer_errors_and_stops():
     with pytest.raises(data.DataError, match="boom"):
         next(it)
 
-    produced = []
+    # Bounded look-ahead, without timing assumptions: with depth 2, once the consumer holds
+    # item 0 the worker fills the queue (1, 2), asks for item 3 and blocks offering it. It
+    # must never ask for item 4; closing the iterator stops (joins) the worker.
+    depth, produced, asked_for_3 = 2, [], threading.Event()
 
     def endless():
         i = 0
         while True:
             produced.append(i)
+            if i == depth + 1:
+                asked_for_3.set()
             yield i
             i += 1
 
-    it = data.prefetch(endless(), depth=2)
+    before = set(threading.enumerate())
+    it = data.prefetch(endless(), depth=depth)
     assert next(it) == 0
+    (worker,) = [t for t in set(threading.enumerate()) - before if t.name == "trdetr-prefetch"]
+    assert asked_for_3.wait(timeout=60), produced  # a deadlock guard, not a timing bound
     it.close()
-    time.sleep(0.3)
-    n = len(produced)
-    time.sleep(0.2)
-    assert len(produced) == n <= 5  # bounded look-ahead, worker stopped
+    assert not worker.is_alive()
+    assert produced == [0, 1, 2, 3]  # 1 consumed + 2 queued + 1 held by the blocked worker

@@ -2,13 +2,17 @@
 
 Slow (about 2-3 minutes on 2 CPU cores): run with ``pytest -m slow``. This is the check
 behind the README's promise that ``python -m trdetr_jax.main`` with no arguments trains and
-evaluates to MR R1@0.5 >= 70 and an HD Hit@1 well above chance.
+evaluates to MR R1@0.5 of about the value the README states, and an HD Hit@1 well above
+chance. The promised R1 is read from README.md, so the two cannot drift apart.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import pathlib
+import re
 import subprocess
 import sys
 
@@ -16,6 +20,16 @@ import numpy as np
 import pytest
 
 from trdetr_jax.data import demo  # noqa: F401  (import check: the generator ships in the package)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def readme_promised_r1() -> float:
+    """The MR R1@0.5 that README.md's quick start promises ('R1@0.5 ≈ N')."""
+    readme = ROOT / "README.md"
+    found = re.findall(r"R1@0\.5\s+≈\s+(\d+(?:\.\d+)?)", readme.read_text(encoding="utf-8"))
+    assert len(found) == 1, f"{readme}: expected one 'R1@0.5 ≈ N' promise, found {found}"
+    return float(found[0])
 
 
 @pytest.mark.slow
@@ -34,12 +48,18 @@ def test_default_main_trains_the_demo_to_the_promised_metrics(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((workdir / "summary.json").read_text())
     brief = summary["best_brief"]
-    assert brief["MR-full-R1@0.5"] >= 70.0, brief
+    config = json.loads((workdir / "config.json").read_text())
+    gt = [json.loads(line) for line in open(config["data"]["eval_path"])]
+    # The run is the README's (same config and seed); another platform's float rounding can
+    # steer training like another seed would. Margin: three binomial standard deviations of
+    # R1 over the val queries at the promised rate (about 9 points at 89 % of 100 queries).
+    promised = readme_promised_r1()
+    rate = promised / 100.0
+    margin = 300.0 * math.sqrt(rate * (1.0 - rate) / len(gt))
+    assert brief["MR-full-R1@0.5"] >= promised - margin, (brief, promised, margin)
     # Chance Hit@1 at the VeryGood level: the expected hit of a clip drawn at random, i.e.
     # the fraction of clips that some annotator rated >= 4 (about 9 % on the demo's val
     # split). "Well above chance" is asserted as at least 2.5x that.
-    config = json.loads((workdir / "config.json").read_text())
-    gt = [json.loads(line) for line in open(config["data"]["eval_path"])]
     chance = []
     for row in gt:
         n = int(row["duration"] // 2)

@@ -30,11 +30,19 @@ def cache_dir(tmp_path_factory):
     enable_compilation_cache(None)
 
 
+def run_config(cache_dir):
+    """8 steps (2 epochs of 4), checkpoint every 3 steps, evaluation after each epoch, a
+    train log at steps 5 and 8: every checkpoint before step 8 holds a partly summed log
+    window (``log_sums``), which a resumed run must carry on."""
+    config = tiny_config(cache_dir / "demo")
+    config.train.log_every_steps = 5
+    return config
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(cache_dir):
-    """8 steps (2 epochs of 4), checkpoint every 3 steps, evaluation after each epoch."""
     workdir = cache_dir / "uninterrupted"
-    summary = train.train_and_evaluate(tiny_config(cache_dir / "demo"), str(workdir))
+    summary = train.train_and_evaluate(run_config(cache_dir), str(workdir))
     return workdir, summary
 
 
@@ -82,9 +90,8 @@ def assert_same_run(a, b):
     params_a, loop_a = saved(a)
     params_b, loop_b = saved(b)
     jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y), params_a, params_b)
-    loop_a.pop("log_sums"), loop_b.pop("log_sums")
     loop_a.pop("wall_time_s"), loop_b.pop("wall_time_s")  # seconds: differ run to run
-    assert loop_a == loop_b
+    assert loop_a == loop_b  # log_sums included
     assert records(a) == records(b)
     assert (a / "best_val_preds.jsonl").read_text() == (b / "best_val_preds.jsonl").read_text()
 
@@ -97,7 +104,7 @@ def test_uninterrupted_run_writes_its_outputs(uninterrupted):
     assert (workdir / "best_val_preds_metrics.json").is_file()
     assert summary["steps"] == 8 and summary["epochs"] == 2
     kinds = [r["type"] for r in records(workdir)]
-    assert kinds.count("eval") == 2 and kinds.count("train") == 4
+    assert kinds.count("eval") == 2 and kinds.count("train") == 2
     rows = [json.loads(x) for x in (workdir / "best_val_preds.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and {"qid", "pred_relevant_windows", "pred_saliency_scores"} <= set(
         rows[0]
@@ -119,9 +126,16 @@ def test_interrupted_run_resumes_to_the_same_result(
     workdir = tmp_path / "run"
     interrupt_at(monkeypatch, call)
     with pytest.raises(Interrupt):
-        train.train_and_evaluate(tiny_config(cache_dir / "demo"), str(workdir))
+        train.train_and_evaluate(run_config(cache_dir), str(workdir))
     monkeypatch.undo()
-    summary = train.train_and_evaluate(tiny_config(cache_dir / "demo"), str(workdir))
+    _, loop = saved(workdir)
+    assert loop["step"] == resumed_from
+    # The resume point lies inside a log window (logs at steps 5, 8): the partial sums of
+    # the steps since the last log are in the checkpoint, and the resumed run must add to
+    # them, or the mean it logs at the next log step differs from the uninterrupted one.
+    window = resumed_from if resumed_from < 5 else resumed_from - 5
+    assert loop["log_count"] == window and set(loop["log_sums"]) >= {"loss"}
+    summary = train.train_and_evaluate(run_config(cache_dir), str(workdir))
     assert f"from step {resumed_from} " in (workdir / "train.log").read_text()
     assert summary["best_score"] == uninterrupted[1]["best_score"]
     assert_same_run(uninterrupted[0], workdir)
@@ -139,7 +153,7 @@ def test_predict_rows_reproduces_the_best_predictions(uninterrupted):
 
 def test_rerunning_a_finished_run_trains_no_more(uninterrupted, cache_dir):
     workdir, summary = uninterrupted
-    again = train.train_and_evaluate(tiny_config(cache_dir / "demo"), str(workdir))
+    again = train.train_and_evaluate(run_config(cache_dir), str(workdir))
     assert again["steps"] == summary["steps"] and again["best_score"] == summary["best_score"]
 
 
@@ -172,7 +186,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(cache_dir, tmp_path
 
     monkeypatch.setattr(train, "train_batches", poisoned)
     with pytest.raises(train.NonFiniteLossError, match=r"loss became nan at step 6.*checkpoint"):
-        train.train_and_evaluate(tiny_config(cache_dir / "demo"), str(workdir))
+        train.train_and_evaluate(run_config(cache_dir), str(workdir))
     params, loop = saved(workdir)
     assert loop["step"] == 4  # the save due at step 6 did not happen
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
@@ -182,7 +196,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(cache_dir, tmp_path
 def test_sigkill_and_rerun_gives_the_same_result(uninterrupted, cache_dir, tmp_path):
     """A real ``kill -9`` of ``python -m trdetr_jax.main`` after its first checkpoint."""
     workdir = tmp_path / "run"
-    c = tiny_config(cache_dir / "demo")
+    c = run_config(cache_dir)
     d = c.data.demo
     overrides = {
         "data.cache_dir": c.data.cache_dir,
@@ -196,6 +210,7 @@ def test_sigkill_and_rerun_gives_the_same_result(uninterrupted, cache_dir, tmp_p
         "data.demo.max_query_len": d.max_query_len,
         "data.max_v_l": c.data.max_v_l,
         "data.max_q_l": c.data.max_q_l,
+        "model.hidden_dim": c.model.hidden_dim,
         "model.enc_layers": 1,
         "model.dec_layers": 1,
         "model.dim_feedforward": c.model.dim_feedforward,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import jax
 import numpy as np
@@ -81,20 +82,24 @@ def test_a_few_steps_lower_the_loss(one_device):
     eval_loss = jax.jit(lambda p, b: loss_fn(p, model, b, train=False)[0])
     state0 = one_device.steps.init(jax.random.key(0))
     before = float(eval_loss(state0.params, batch))
-    state, losses = run(one_device, one_device.batches[:1], 8)
+    state, losses = run(one_device, one_device.batches[:1], 16)
     after = float(eval_loss(state.params, batch))
     assert np.all(np.isfinite(losses))
     assert after < 0.8 * before, (before, after, losses)
-    assert int(state.step) == 8
+    assert int(state.step) == 16
 
 
-def test_train_step_compiles_once(one_device):
-    one_device.traces.clear()
-    run(one_device, one_device.batches, 3)
-    # Tracing happens once; later steps (new data, new state) reuse the compiled step.
-    assert len(one_device.traces) <= 1
-    run(one_device, one_device.batches, 2)
-    assert len(one_device.traces) <= 1
+def test_train_step_compiles_once(cache_dir):
+    # Fresh jitted steps (not the fixture's, which earlier tests have already traced), so
+    # the count starts at zero and every trace is seen.
+    setup = build(tiny_config(cache_dir / "demo"), jax.devices()[:1])
+    assert len(setup.batches) >= 3 and setup.traces == []
+    run(setup, setup.batches, 1)
+    assert len(setup.traces) == 1  # the first step traces ...
+    # ... and later steps (every batch of the epoch, a new state, new step counts) reuse it.
+    state, _ = run(setup, setup.batches, 2 * len(setup.batches))
+    assert int(state.step) == 2 * len(setup.batches)
+    assert len(setup.traces) == 1
 
 
 def test_four_devices_give_the_loss_of_one(one_device, cache_dir):
@@ -121,13 +126,24 @@ def test_batch_size_not_divisible_by_devices(cache_dir, tmp_path):
         train.train_and_evaluate(config, str(tmp_path / "run"))
 
 
-def test_eval_batch_size_rounds_up_and_predicts_every_query(one_device):
-    _, _, eval_ds = train.load_datasets(one_device.config)
-    state = one_device.steps.init(jax.random.key(0))
-    rows = train.predict_split(
-        one_device.steps.eval, one_device.steps.data, state.params, eval_ds, one_device.config, 4
-    )
-    assert [r["qid"] for r in rows] == [r["qid"] for r in eval_ds.rows]
+def test_eval_batch_size_rounds_up_and_predicts_every_query(cache_dir, tmp_path, monkeypatch):
+    assert len(jax.devices()) == 4, "conftest.py asks XLA for 4 host devices"
+    config = tiny_config(cache_dir / "demo")
+    config.train.eval_batch_size = 5  # not a multiple of the 4 devices: rounds up to 8
+    config.train.num_epochs = 1
+    sizes, evaluate = [], train.evaluate
+
+    def spy(steps, params, eval_ds, config, batch_size):
+        sizes.append(batch_size)
+        return evaluate(steps, params, eval_ds, config, batch_size)
+
+    monkeypatch.setattr(train, "evaluate", spy)
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert sizes == [8]
+    _, _, eval_ds = train.load_datasets(config)
+    lines = (tmp_path / "run" / "best_val_preds.jsonl").read_text().splitlines()
+    rows = [json.loads(x) for x in lines]
+    assert [r["qid"] for r in rows] == [r["qid"] for r in eval_ds.rows]  # 6 queries, 1 batch
     assert all(len(r["pred_relevant_windows"]) == 4 for r in rows)  # num_queries
 
 
@@ -155,7 +171,6 @@ def _free_port() -> int:
 def test_two_processes_train_like_one(tmp_path):
     """Multi-host path (jax.distributed, per-process batch rows, gathered eval outputs, Orbax
     from two processes): 2 processes x 2 CPU devices against 1 process x 4 devices."""
-    import json
     import os
     import subprocess
     import sys
@@ -199,10 +214,15 @@ def test_two_processes_train_like_one(tmp_path):
     launch(tmp_path / "two", 2, 2)
     one, two = records(tmp_path / "one"), records(tmp_path / "two")
     assert [r["type"] for r in one] == [r["type"] for r in two]
+    # Two processes reduce the same per-device sums in another order: measured on 2 CPU
+    # cores, the logged train scalars differ by at most 4.3e-7 relative (loss 1.2e-7, i.e.
+    # one float32 ulp; grad_norm 2.1e-7; loss_giou 4.3e-7) and every eval metric is
+    # identical (predictions move by ~1e-7, which here flips no ranking or IoU decision;
+    # one flipped decision would move a metric by 6.25 on these 16 queries).
     for a, b in zip(one, two):
-        if a["type"] == "eval":  # 16 queries: one changed prediction moves a metric by 6.25
-            for k, v in a.items():
-                if isinstance(v, float):
-                    assert abs(b[k] - v) <= 6.25 + 1e-6, (k, v, b[k])
-        else:  # the same sums, reduced across processes in another order
-            np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-3)
+        assert a.keys() == b.keys()
+        for k, v in a.items():
+            if a["type"] == "eval" or not isinstance(v, float):
+                assert b[k] == v, (a["type"], a.get("step"), k, v, b[k])
+            else:
+                np.testing.assert_allclose(b[k], v, rtol=2e-6, atol=1e-7, err_msg=k)
