@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import json
 import logging
 import os
 import pathlib
@@ -230,12 +229,6 @@ class RunCheckpoints:
         self.manager.reload()
         return target
 
-    def restore_loop(self, step: int) -> LoopState:
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(**{LOOP_ITEM: ocp.args.JsonRestore()})
-        )
-        return LoopState.from_json(restored[LOOP_ITEM])
-
     def close(self) -> None:
         self.manager.close()
 
@@ -265,32 +258,3 @@ def _quiet_orbax():
         sys.unraisablehook = hook
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Writes JSON to ``path`` through a temporary file and a rename (never half-written)."""
-    path = pathlib.Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    path = pathlib.Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if isinstance(o, tuple):
-        return list(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -15,7 +15,6 @@ and exit status 1.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 import warnings
@@ -30,8 +29,8 @@ from trdetr_jax.evaluation import (
     dumps_metrics,
     evaluate_submission,
     read_jsonl,
-    write_text_atomic,
 )
+from trdetr_jax.files import write_jsonl_atomic, write_text_atomic
 
 
 def _positive_int(text: str) -> int:
@@ -152,8 +151,7 @@ def run(argv=None) -> int:
                 _predict(args, gt_path), f"<predictions of {args.checkpoint}>"
             )
             if args.save_submission:
-                text = "".join(json.dumps(r) + "\n" for r in rows.rows)
-                write_text_atomic(args.save_submission, text)
+                write_jsonl_atomic(args.save_submission, rows.rows)
         else:
             rows = read_jsonl(args.submission, what="submission file")
         with warnings.catch_warnings(record=True) as caught:
@@ -175,7 +173,7 @@ def run(argv=None) -> int:
         if args.out:
             write_text_atomic(args.out, dumps_metrics(metrics))
             print(f"metrics written to {args.out}")
-    except EvalInputError as e:
+    except (EvalInputError, OSError) as e:  # OSError: the output cannot be written
         print(f"error: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # a bug, or a failure inside --checkpoint prediction

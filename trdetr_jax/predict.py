@@ -24,7 +24,7 @@ from typing import Any
 import ml_collections
 import orbax.checkpoint as ocp
 
-from trdetr_jax import checkpointing, precision, train
+from trdetr_jax import checkpointing, files, precision, train
 
 PARAMS_SUBDIR = "params"
 
@@ -171,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         rows = predict_rows(args[0], args[1], overrides=args[3:])
-        train.write_jsonl_atomic(pathlib.Path(args[2]), rows)
+        files.write_jsonl_atomic(pathlib.Path(args[2]), rows)
     except (train.RunError, DataError, OSError) as e:
         if show_traceback:
             raise

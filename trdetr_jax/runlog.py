@@ -15,7 +15,7 @@ from typing import Any
 import jax
 from absl import logging
 
-from trdetr_jax import checkpointing, tensorboard
+from trdetr_jax import files, tensorboard
 
 
 class ProgressBar:
@@ -108,7 +108,7 @@ class RunLog:
                 continue
             if resume_step is not None and record.get("step", 0) <= resume_step:
                 keep.append(line)
-        checkpointing.write_text_atomic(self.metrics_path, "".join(s + "\n" for s in keep))
+        files.write_text_atomic(self.metrics_path, "".join(s + "\n" for s in keep))
 
     def info(self, msg: str, *args, console: bool = True) -> None:
         text = msg % args if args else msg
@@ -123,15 +123,8 @@ class RunLog:
     def record(self, record: dict[str, Any]) -> None:
         if self.enabled:
             with open(self.metrics_path, "a") as f:
-                f.write(json.dumps(record, sort_keys=True, default=json_default) + "\n")
+                f.write(json.dumps(record, sort_keys=True, default=files.json_default) + "\n")
             self.events.write(record)
-
-
-def json_default(x: Any) -> Any:
-    """``json.dumps`` fallback for NumPy / JAX scalars."""
-    if hasattr(x, "item"):
-        return x.item()
-    raise TypeError(type(x).__name__)
 
 
 def summary_table(summary: dict[str, Any]) -> str:

@@ -37,7 +37,7 @@ from flax import struct
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from trdetr_jax import checkpointing, precision, runlog
+from trdetr_jax import checkpointing, files, precision, runlog
 
 Batch = dict[str, np.ndarray]
 
@@ -691,12 +691,6 @@ def brief_metric(results: dict[str, Any], name: str) -> float:
     return float(brief[name])
 
 
-def write_jsonl_atomic(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
-    checkpointing.write_text_atomic(
-        path, "".join(json.dumps(r, default=runlog.json_default) + "\n" for r in rows)
-    )
-
-
 # ------------------------------------------------------------------------------ loop
 
 
@@ -754,7 +748,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # ---- the run goes ahead: record its configuration, say what changed when resuming.
     workdir_path.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
-        checkpointing.write_json_atomic(config_path, new_cfg)
+        files.write_json_atomic(config_path, new_cfg)
     log = runlog.RunLog(workdir_path, None if restored is None else restored[0])
     for line in damaged:
         log.info("%s", line, console=False)  # already shown as warnings
@@ -830,8 +824,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             loop.best_brief = brief
             loop.es_cnt = 0
             if jax.process_index() == 0:
-                write_jsonl_atomic(best_preds_path, rows)
-                checkpointing.write_json_atomic(best_metrics_path, results)
+                files.write_jsonl_atomic(best_preds_path, rows)
+                files.write_json_atomic(best_metrics_path, results)
         else:
             loop.es_cnt += 1
         return score
@@ -918,7 +912,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "wall_time_s": wall_before + time.time() - t_start,
     }
     if jax.process_index() == 0:
-        checkpointing.write_json_atomic(workdir_path / "summary.json", summary)
+        files.write_json_atomic(workdir_path / "summary.json", summary)
         table = runlog.summary_table(summary)
         log.info("summary:\n%s", table, console=False)
         print(table, flush=True)

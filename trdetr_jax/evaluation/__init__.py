@@ -12,7 +12,7 @@ See shared/eval/README.md for every definition and quirk this package reproduces
 """
 
 from trdetr_jax.evaluation.errors import EvalInputError
-from trdetr_jax.evaluation.io import JsonlFile, dumps_metrics, read_jsonl, write_text_atomic
+from trdetr_jax.evaluation.io import JsonlFile, dumps_metrics, read_jsonl
 from trdetr_jax.evaluation.metrics import SELECTION_KEYS, evaluate_submission
 from trdetr_jax.evaluation.nms import temporal_nms
 from trdetr_jax.evaluation.postprocess import predictions_to_rows
@@ -36,5 +36,4 @@ __all__ = [
     "predictions_to_rows",
     "read_jsonl",
     "temporal_nms",
-    "write_text_atomic",
 ]

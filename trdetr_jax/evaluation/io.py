@@ -5,9 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import pathlib
-import tempfile
 
 from trdetr_jax.evaluation.errors import EvalInputError
 
@@ -112,26 +109,3 @@ def _json_type(obj) -> str:
 def dumps_metrics(metrics: dict) -> str:
     """The layout the official CLI writes: ``json.dumps(..., indent=4)``, no trailing newline."""
     return json.dumps(metrics, indent=4)
-
-
-def write_text_atomic(path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and a rename, so a
-    reader never sees a half-written file."""
-    path = pathlib.Path(path)
-    folder = path.parent if str(path.parent) else pathlib.Path(".")
-    if not folder.is_dir():
-        raise EvalInputError(f"output folder does not exist: {folder}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a metrics file is for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
