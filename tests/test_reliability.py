@@ -347,5 +347,7 @@ def test_predict_cli_errors_are_one_line(tmp_path, capsys):
     assert predict.main([str(tmp_path / "none"), "qvhighlights:val", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "config.json not found" in err[0]
-    assert predict.main(["only-one"]) == 2
-    assert capsys.readouterr().err.startswith("usage: python -m trdetr_jax.predict DIR")
+    with pytest.raises(SystemExit) as exit_info:  # argparse: usage line, status 2
+        predict.main(["only-one"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("usage: python -m trdetr_jax.predict")

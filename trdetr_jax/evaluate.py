@@ -95,16 +95,8 @@ def resolve_gt(spec: str) -> pathlib.Path:
 
 
 def _predict(args, gt_path: pathlib.Path) -> list[dict]:
-    try:
-        from trdetr_jax.predict import predict_rows
-    except ModuleNotFoundError as e:
-        if e.name != "trdetr_jax.predict":
-            raise
-        raise EvalInputError(
-            "--checkpoint needs trdetr_jax.predict.predict_rows, which this installation "
-            "does not provide yet; write predictions to a file and use --submission"
-        ) from None
     from trdetr_jax.data import DataError
+    from trdetr_jax.predict import predict_rows
     from trdetr_jax.train import RunError
 
     try:

@@ -159,26 +159,44 @@ def predict_rows(
     return train.predict_split(steps.eval, steps.data, params, eval_ds, config, batch_size)
 
 
+def _parser():
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m trdetr_jax.predict",
+        description="Predict the queries of an annotation file with a trained or converted "
+        "checkpoint; writes official submission rows (python -m trdetr_jax.evaluate "
+        "--checkpoint also scores them).",
+    )
+    p.add_argument("checkpoint", help="training workdir or converted checkpoint folder")
+    p.add_argument("queries", help="annotation .jsonl, or DATASET:SPLIT naming a shipped file")
+    p.add_argument("out", help="where to write the predictions (.jsonl)")
+    p.add_argument("--feature-root", help="folder of the feature files (default: the config's)")
+    p.add_argument(
+        "--override", action="append", default=[], metavar="KEY=VALUE",
+        help="config override, e.g. data.max_v_l=100 (repeatable)",
+    )  # fmt: skip
+    p.add_argument("--traceback", action="store_true", help="show the traceback of errors")
+    return p
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m trdetr_jax.predict DIR GT.jsonl OUT.jsonl [key=value ...] [--traceback]``."""
+    """``python -m trdetr_jax.predict DIR QUERIES OUT.jsonl [--override k=v ...]``."""
     from trdetr_jax.data import DataError
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    show_traceback = "--traceback" in args
-    args = [a for a in args if a != "--traceback"]
-    if len(args) < 3:
-        print(f"usage: {main.__doc__.strip('`')}", file=sys.stderr)
-        return 2
+    args = _parser().parse_args(argv)
     try:
-        rows = predict_rows(args[0], args[1], overrides=args[3:])
-        files.write_jsonl_atomic(pathlib.Path(args[2]), rows)
+        rows = predict_rows(
+            args.checkpoint, args.queries, feature_root=args.feature_root, overrides=args.override
+        )
+        files.write_jsonl_atomic(pathlib.Path(args.out), rows)
     except (train.RunError, DataError, OSError) as e:
-        if show_traceback:
+        if args.traceback:
             raise
         text = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else e
         print(f"error: {text}", file=sys.stderr)
         return 1
-    print(f"wrote {len(rows)} rows to {args[2]}")
+    print(f"wrote {len(rows)} rows to {args.out}")
     return 0
 
 
