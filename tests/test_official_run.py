@@ -323,6 +323,7 @@ def test_model_on_official_batches(converted, data_dir, run_info, official_rows,
 
     rows, unsnapped = _direct_rows(str(converted), str(data_dir), run_info["eval_bsz"])
     problems, stats = compare_rows(rows, official_rows, unsnapped)
+    print(f"rows against the official run: {stats}")  # shown with -rP
     assert not problems, _report(problems, stats)
     metrics = evaluate_submission(
         JsonlFile.from_rows(rows, "<direct>"), read_jsonl(data_dir / "val.jsonl"), None
@@ -345,6 +346,7 @@ def test_evaluate_cli_reproduces_official_run(
     rows = _jsonl(pred)
     _, unsnapped = _direct_rows(str(converted), str(data_dir), run_info["eval_bsz"])
     problems, stats = compare_rows(rows, official_rows, unsnapped)
+    print(f"rows against the official run: {stats}")  # shown with -rP
     assert not problems, _report(problems, stats)
     bad = check_metrics(json.loads(out.read_text()), official_metrics, stats, len(rows))
     assert not bad, bad
