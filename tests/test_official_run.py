@@ -51,6 +51,8 @@ import sys
 import numpy as np
 import pytest
 
+from trdetr_jax.official import convert
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIXTURE = pathlib.Path(__file__).resolve().parent / "official_run"
 VIDEO_DIMS = "data.v_feat_dims=(24,16)"  # opt.json only has the summed v_feat_dim (40)
@@ -68,19 +70,6 @@ def _load_make_data():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _converter():
-    """The checkpoint converter module: ``trdetr_jax.official.convert`` where this tree has
-    it, else ``trdetr_jax.convert`` (checked by file: an editable install elsewhere must not
-    lend its submodules to this tree)."""
-    import trdetr_jax
-
-    if (pathlib.Path(trdetr_jax.__file__).parent / "official" / "convert.py").is_file():
-        from trdetr_jax.official import convert
-    else:
-        from trdetr_jax import convert
-    return convert
 
 
 def _jsonl(path: pathlib.Path) -> list[dict]:
@@ -109,7 +98,7 @@ def data_dir(tmp_path_factory, run_info) -> pathlib.Path:
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory) -> pathlib.Path:
     out = tmp_path_factory.mktemp("official_run_converted") / "ckpt"
-    _converter().convert(FIXTURE / "model_best.npz", out, options=FIXTURE / "opt.json")
+    convert.convert(FIXTURE / "model_best.npz", out, options=FIXTURE / "opt.json")
     return out
 
 
