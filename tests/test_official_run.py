@@ -275,7 +275,7 @@ def _direct_rows(converted: str, data_dir: str, batch_size: int):
     from trdetr_jax.evaluation.postprocess import foreground_prob
     from trdetr_jax.model import TRDETR, model_kwargs_from_config
 
-    params, _ = _converter().load_converted(converted)
+    params, _ = convert.load_converted(converted)
     config = predict.load_config(converted)
     config.data.eval_path = str(pathlib.Path(data_dir) / "val.jsonl")
     config.data.feature_root = data_dir
