@@ -45,8 +45,9 @@ from trdetr_jax.model.vfr import VFR
 COMPAT_MODES = ("official", "fixed")
 
 
-def official_lengths(length: jax.Array | None, batch: int, physical: int) -> jax.Array:
-    """``official_*_len [B]`` as int32, or ``physical`` for every row when None.
+def official_lengths(length: jax.Array | None, batch: int, physical: int, name: str) -> jax.Array:
+    """``official_*_len [B]`` (the input ``name``) as int32, or ``physical`` for every row
+    when None.
 
     A concrete length beyond the physical one (nothing to pad to) is an error.
     """
@@ -56,7 +57,7 @@ def official_lengths(length: jax.Array | None, batch: int, physical: int) -> jax
         found = np.asarray(length)
         if found.shape != (batch,) or found.size and (found.max() > physical or found.min() < 0):
             raise ValueError(
-                f"official length: expected shape ({batch},) with values in [0, {physical}] "
+                f"{name}: expected shape ({batch},) with values in [0, {physical}] "
                 f"(the padded array length), found shape {found.shape}, values {found.tolist()}"
             )
     return jnp.asarray(length).astype(jnp.int32)
@@ -163,8 +164,8 @@ class TRDETR(nn.Module):
         )
         d = self.hidden_dim
         n = src_vid.shape[0]
-        vid_len = official_lengths(official_vid_len, n, src_vid.shape[1])  # [B]
-        txt_len = official_lengths(official_txt_len, n, src_txt.shape[1])  # [B]
+        vid_len = official_lengths(official_vid_len, n, src_vid.shape[1], "official_vid_len")  # [B]
+        txt_len = official_lengths(official_txt_len, n, src_txt.shape[1], "official_txt_len")  # [B]
         # Clips within the official padded length: what the official softmaxes range over.
         within_vid = jnp.arange(src_vid.shape[1])[None, :] < vid_len[:, None]  # [B, Lv]
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
