@@ -20,6 +20,11 @@ Terms (official weights in :class:`LossConfig`):
 Optional ``batch['example_mask'] [B]`` (0 = padding example filling a fixed-size batch)
 turns every per-example mean into a mean over real examples and removes padding examples
 from the VTC negatives. Without it the formulas are the official ones, op for op.
+
+Optional ``batch['official_vid_len'] [B]`` (the length the official collate pads the batch
+to; default the array's length): clips beyond it are not there in the official code, so the
+CTC mean is over ``B * official_vid_len`` and the rank-contrastive softmax of the saliency
+loss stops there. Padding within it counts as in the official code.
 """
 
 from __future__ import annotations
@@ -118,9 +123,11 @@ def pairwise_sum(x: jnp.ndarray) -> jnp.ndarray:
     """Sum of ``x [B, ...]``: pairwise (tree) summation within each example, then over B.
 
     torch sums float32 tensors with a cascade that keeps the error near one ulp; a plain
-    reduction over a few hundred float32 terms can be several ulps off. Summing halves
-    keeps the float32 loss terms within ~1 ulp of the official values. The batch axis is
-    left whole until the last step, so a batch-sharded ``x`` is not resharded.
+    reduction over a few hundred float32 terms can be several ulps off. Summing neighbours
+    (0+1, 2+3, ..., then pairs of those) keeps the float32 loss terms within ~1 ulp of the
+    official values, and trailing zeros (clips beyond the official padded length) leave the
+    result bit-identical. The batch axis is left whole until the last step, so a
+    batch-sharded ``x`` is not resharded.
     """
     x = x.reshape(x.shape[0], -1)  # [B, N]
     n = x.shape[1]
@@ -129,13 +136,23 @@ def pairwise_sum(x: jnp.ndarray) -> jnp.ndarray:
         size *= 2
     x = jnp.pad(x, ((0, 0), (0, size - n)))
     while x.shape[1] > 1:
-        half = x.shape[1] // 2
-        x = x[:, :half] + x[:, half:]
+        x = x[:, 0::2] + x[:, 1::2]
     return jnp.sum(x[:, 0])
 
 
-def _mean_over_examples(x: jnp.ndarray, w: jnp.ndarray | None) -> jnp.ndarray:
-    """Mean over all entries of ``x [B, ...]``; with ``w [B]`` only real examples count."""
+def _mean_over_examples(
+    x: jnp.ndarray, w: jnp.ndarray | None, length: jnp.ndarray | None = None
+) -> jnp.ndarray:
+    """Mean over all entries of ``x [B, ...]``; with ``w [B]`` only real examples count.
+
+    ``length [B]``: only the first ``length[b]`` entries of axis 1 exist (``x [B, L]``).
+    """
+    if length is not None:
+        within = jnp.arange(x.shape[1])[None, :] < length[:, None]  # [B, L]
+        x = jnp.where(within, x, jnp.zeros((), x.dtype))
+        ones = jnp.ones(x.shape[0], x.dtype) if w is None else w.astype(x.dtype)
+        count = jnp.sum(ones * length.astype(x.dtype))
+        return pairwise_sum(x * ones[:, None]) / jnp.maximum(count, 1.0)
     if w is None:
         return pairwise_sum(x) / x.size
     w = w.astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
@@ -252,6 +269,7 @@ def loss_saliency(
     *,
     margin: float = 0.2,
     example_mask: jnp.ndarray | None = None,
+    padded_len: jnp.ndarray | None = None,
 ) -> jnp.ndarray:
     """Margin loss on sampled pairs + rank-contrastive loss (11 thresholds, / 12).
 
@@ -260,6 +278,8 @@ def loss_saliency(
       video_mask: ``[B, L]`` float, 1 = valid clip.
       saliency_pos_labels, saliency_neg_labels: ``[B, P]`` int clip indices.
       saliency_all_labels: ``[B, L]`` per-clip saliency (QVH 0..12).
+      padded_len: ``[B]`` official padded length: the rank-contrastive softmax runs over
+        the first ``padded_len`` clips (None: all ``L``).
     """
     dtype = saliency_scores.dtype
     mask = video_mask.astype(dtype)
@@ -269,6 +289,10 @@ def loss_saliency(
     # Rank-contrastive part: for each threshold r, clips with label >= r are positives of a
     # masked softmax over the clips (padding pushed to -1e3).
     scores = mask * saliency_scores + (1.0 - mask) * -1e3  # [B, L]
+    if padded_len is None:
+        within = jnp.ones(scores.shape, bool)
+    else:
+        within = jnp.arange(scores.shape[1])[None, :] < padded_len[:, None]  # [B, L]
     drop = (labels <= 100).astype(dtype)  # always 1 (labels <= 12): kept for fidelity
     total = 0.0
     for r in range(1, 12):
@@ -276,8 +300,10 @@ def loss_saliency(
         any_pos = jnp.sum(pos) > 0  # thresholds with no positive in the batch are skipped
         row_has_pos = (jnp.sum(pos, axis=1) > 0).astype(dtype)  # [B]
         cur = scores * drop / tau + (1.0 - drop) * -1e3
-        logits = cur - jnp.max(cur, axis=1, keepdims=True)
-        log_prob = logits - jnp.log(jnp.sum(jnp.exp(logits), axis=1, keepdims=True) + 1e-6)
+        row_max = jnp.max(jnp.where(within, cur, -jnp.inf), axis=1, keepdims=True)
+        logits = jnp.where(within, cur - row_max, jnp.zeros((), dtype))
+        exp = jnp.where(within, jnp.exp(logits), jnp.zeros((), dtype))
+        log_prob = logits - jnp.log(jnp.sum(exp, axis=1, keepdims=True) + 1e-6)
         mean_log_prob_pos = jnp.sum(pos * log_prob * mask, axis=1) / (jnp.sum(pos, axis=1) + 1e-6)
         loss_r = _mean_over_examples(-mean_log_prob_pos * row_has_pos, example_mask)
         total = total + jnp.where(any_pos, loss_r, jnp.zeros_like(loss_r))
@@ -338,6 +364,7 @@ def ctc_loss(
     *,
     temperature: float = 0.07,
     example_mask: jnp.ndarray | None = None,
+    padded_len: jnp.ndarray | None = None,
 ) -> jnp.ndarray:
     """Local clip-text contrastive loss; returns float32 like the official code.
 
@@ -347,7 +374,8 @@ def ctc_loss(
 
     Args:
       vid_feat: ``[B, L_v, d]``; txt_feat ``[B, L_t, d]``; pos_mask, vid_mask ``[B, L_v]``;
-      txt_mask ``[B, L_t]``.
+      txt_mask ``[B, L_t]``; padded_len ``[B]``: the official padded length, over which
+      the mean runs (None: all ``L_v``).
     """
     v = _normalize(vid_feat, axis=2)  # [B, L_v, d]
     t = _normalize(txt_feat, axis=2) * txt_mask[..., None]  # [B, L_t, d]
@@ -362,7 +390,7 @@ def ctc_loss(
         # the wide type and stores it in the float32 result tensor.
         first = ((1.0 - target.astype(logits.dtype)) * logits).astype(jnp.float32)
         bce = (first.astype(logits.dtype) - jax.nn.log_sigmoid(logits)).astype(jnp.float32)
-    return _mean_over_examples(bce, example_mask)
+    return _mean_over_examples(bce, example_mask, padded_len)
 
 
 # -------------------------------------------------------------------------- total
@@ -382,7 +410,7 @@ def compute_losses(
         ``src_vid_cls_ed`` and ``aux_outputs`` (tuple of ``{pred_logits, pred_spans}``).
       batch: ``span_labels [B, W, 2]``, ``saliency_{pos,neg}_labels [B, P]``,
         ``saliency_all_labels [B, L_v]``, ``src_pos_mask [B, L_v]``, ``src_vid_mask``,
-        ``src_txt_mask``; optional ``example_mask [B]``.
+        ``src_txt_mask``; optional ``example_mask [B]`` and ``official_vid_len [B]``.
       matches: ``{'final': match, 'aux_0': match, ...}``; ignored (may be None) when
         ``cfg.use_matcher`` is False.
 
@@ -392,6 +420,7 @@ def compute_losses(
       ``weight * term`` in the official order, then ``+ vtc_coef * VTC + ctc_coef * CTC``.
     """
     example_mask = _weights(batch)
+    padded_len = batch.get("official_vid_len")
     # Losses are computed in float32 (or float64 under x64) even for bfloat16 compute.
     outputs = jax.tree.map(_at_least_f32, dict(outputs))
     aux_outputs = tuple(outputs.get("aux_outputs", ())) if cfg.aux_loss else ()
@@ -423,6 +452,7 @@ def compute_losses(
                 batch["saliency_all_labels"],
                 margin=cfg.saliency_margin,
                 example_mask=example_mask,
+                padded_len=padded_len,
             )
 
     order = cfg.loss_order(len(aux_outputs))
@@ -447,6 +477,7 @@ def compute_losses(
         batch["src_txt_mask"],
         temperature=cfg.temperature,
         example_mask=example_mask,
+        padded_len=padded_len,
     )
     loss_dict["VTC_loss"] = vtc
     loss_dict["CTC_loss"] = ctc

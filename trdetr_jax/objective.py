@@ -18,7 +18,15 @@ import jax.numpy as jnp
 from trdetr_jax import losses, matcher
 
 # Inputs of the model's forward pass; every other batch key is a target.
-MODEL_INPUT_KEYS = ("src_txt", "src_txt_mask", "src_vid", "src_vid_mask", "src_aud")
+MODEL_INPUT_KEYS = (
+    "src_txt",
+    "src_txt_mask",
+    "src_vid",
+    "src_vid_mask",
+    "src_aud",
+    "official_vid_len",
+    "official_txt_len",
+)
 OFFICIAL_LOSSES = losses.LossConfig()
 
 

@@ -1,6 +1,7 @@
 """Parity check against a reference fixture of the official PyTorch implementation.
 
-    python -m trdetr_jax.parity FIXTURE_DIR [--dump OUT.npz]
+    python -m trdetr_jax.parity FIXTURE_DIR [--dump OUT.npz] [--x64] [--path {eager,train}]
+                                [--pad-video P] [--pad-text Q]
 
 ``FIXTURE_DIR`` has the layout of ``shared/reference/<case>/`` (``params.npz``,
 ``inputs.npz``, ``config.json`` and, each optional, ``outputs.npz``, ``matching.npz``,
@@ -12,6 +13,27 @@ own gradients scaled by its recorded clip coefficient (so the optimiser is check
 own). It prints one table of the largest error per group and exits with status 1 when a
 group is over tolerance (2 when the fixture cannot be read). Groups whose reference files
 are missing are reported as skipped.
+
+The batch carries ``official_vid_len`` / ``official_txt_len``, the fixture's padded lengths
+(what the official collate padded it to). ``--pad-video P`` / ``--pad-text Q`` pad the batch
+physically further (zeros, mask 0) to P clips / Q tokens before running, beyond the config
+maxima if asked: official mode must not depend on the physical padding. The table and
+``--dump`` are at the fixture's shapes (arrays cut back to the official lengths).
+
+Paths (``--path``):
+
+* ``eager`` (default): the forward and ``objective.loss_fn`` compiled with XLA's backend
+  optimisation off, so float32 rounding follows an op-by-op evaluation like the
+  reference's eager execution (``--optimized`` turns the optimisation back on);
+* ``train``: what a training step runs. The gradients come from ``train.train_step`` itself,
+  jitted by ``train.build_steps`` over a one-device mesh (full XLA optimisation, batch
+  sharding, the matcher's per-shard callback), with ``example_mask`` in the batch,
+  ``train=True`` (all dropout rates 0, as the fixtures were made with dropout off) and the
+  loss of ``objective.make_loss_fn(config)``; an optimiser that only records its input
+  gradients takes the place of AdamW. The loss terms are the same loss function compiled
+  the same way without the gradient (the train step's own metrics are float32; their
+  largest relative difference is shown in the losses row), and the outputs come from the
+  same forward with the intermediates sown.
 
 Tolerances (issue 2, "Done when"):
 
@@ -43,6 +65,13 @@ import numpy as np
 
 SRC_ED = ("src_txt_ed", "src_vid_ed", "src_txt_cls_ed", "src_vid_cls_ed")
 POS_ISLANDS = ("inter_pos_vid", "inter_transformer_pos")
+PATHS = ("eager", "train")
+# Batch keys with a clip axis (axis 1) / a token axis, padded by --pad-video / --pad-text.
+VIDEO_AXIS_KEYS = ("src_vid", "src_vid_mask", "src_aud", "saliency_all_labels", "src_pos_mask")
+TEXT_AXIS_KEYS = ("src_txt", "src_txt_mask")
+# Outputs with a token axis (axis 1), and those holding video rows then text rows on axis 1.
+TEXT_OUTPUTS = ("src_txt_ed", "inter_input_txt_proj")
+JOINT_OUTPUT_PREFIXES = ("inter_transformer_", "inter_t2v_")
 
 
 @dataclasses.dataclass
@@ -93,6 +122,65 @@ def _targets(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     for k in ("saliency_pos_labels", "saliency_neg_labels"):
         batch[k] = batch[k].astype(np.int32)
     return batch
+
+
+def _official_lengths(batch: dict[str, np.ndarray]) -> None:
+    """Adds ``official_vid_len`` / ``official_txt_len``: the fixture's padded lengths."""
+    b, lv = batch["src_vid_mask"].shape
+    lt = batch["src_txt_mask"].shape[1]
+    batch["official_vid_len"] = np.full((b,), lv, np.int32)
+    batch["official_txt_len"] = np.full((b,), lt, np.int32)
+
+
+def _pad_batch(batch: dict[str, np.ndarray], pad_video: int | None, pad_text: int | None):
+    """Zero-pads the clip axis to ``pad_video`` and the token axis to ``pad_text``."""
+    for keys, size, flag, axis_name in (
+        (VIDEO_AXIS_KEYS, pad_video, "--pad-video", "src_vid_mask"),
+        (TEXT_AXIS_KEYS, pad_text, "--pad-text", "src_txt_mask"),
+    ):
+        if size is None:
+            continue
+        have = batch[axis_name].shape[1]
+        if size < have:
+            raise ValueError(f"{flag} {size}: below the fixture's padded length {have}")
+        for k in keys:
+            if k in batch:
+                widths = [(0, 0)] * batch[k].ndim
+                widths[1] = (0, size - have)
+                batch[k] = np.pad(batch[k], widths)
+
+
+def _cut_to_fixture(arrays, lv: int, lt: int, pv: int, pt: int) -> dict[str, np.ndarray]:
+    """Arrays of a physically padded run cut back to the official lengths ``lv`` / ``lt``."""
+    if (pv, pt) == (lv, lt):
+        return dict(arrays)
+    out = {}
+    for k, a in arrays.items():
+        a = np.asarray(a)
+        if k.startswith(JOINT_OUTPUT_PREFIXES) and a.ndim >= 2 and a.shape[1] == pv + pt:
+            a = np.concatenate([a[:, :lv], a[:, pv : pv + lt]], axis=1)
+        elif k in TEXT_OUTPUTS:
+            a = a[:, :lt]
+        elif a.ndim >= 2 and a.shape[1] == pv:
+            a = a[:, :lv]
+        out[k] = a
+    return out
+
+
+def _capture_gradients():
+    """An optimiser whose state becomes the gradients it is given (parameters unchanged)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    def init(params):
+        return jax.tree.map(jnp.zeros_like, params)
+
+    def update(grads, state, params=None):
+        del state, params
+        return jax.tree.map(jnp.zeros_like, grads), grads
+
+    return optax.GradientTransformation(init, update)
 
 
 def _layer_names(num_aux: int) -> list[tuple[str, str]]:
@@ -277,6 +365,9 @@ def run(
     *,
     x64: bool = False,
     optimized: bool = False,
+    path: str = "eager",
+    pad_video: int | None = None,
+    pad_text: int | None = None,
 ) -> list[Row]:
     """Runs every check on one fixture folder; returns the report rows.
 
@@ -291,7 +382,11 @@ def run(
     reference's eager execution. Fused float32 code can round an activation input that is
     within ~1e-6 of a PReLU kink to the other side (seen in ``qvh_video_s0``: one unit of
     the second encoder pass), which moves a few gradients by ~1e-3; the maths is the same.
+    ``path``: 'eager' or 'train' (the training step's compile, see the module docstring).
+    ``pad_video`` / ``pad_text``: pad the batch physically to this many clips / tokens.
     """
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     fixture = pathlib.Path(fixture_dir)
     for name in ("params.npz", "inputs.npz", "config.json"):
         if not (fixture / name).exists():
@@ -307,7 +402,7 @@ def run(
     jax.config.update("jax_enable_x64", compute64)
     import jax.numpy as jnp
 
-    from trdetr_jax import losses, matcher, objective, precision
+    from trdetr_jax import losses, matcher
     from trdetr_jax.model import TRDETR, collect_intermediates, flatten_outputs
     from trdetr_jax.official import keys, options
 
@@ -321,6 +416,10 @@ def run(
     loss_cfg = losses.LossConfig.from_config(config)
     inputs = _load_npz(fixture / "inputs.npz")
     batch = _targets(_upcast(inputs) if compute64 else inputs)
+    _official_lengths(batch)
+    lv, lt = int(batch["official_vid_len"][0]), int(batch["official_txt_len"][0])
+    _pad_batch(batch, pad_video, pad_text)
+    pv, pt = batch["src_vid_mask"].shape[1], batch["src_txt_mask"].shape[1]
     ref_outputs = _load_npz(fixture / "outputs.npz")
     matching = _load_npz(fixture / "matching.npz")
     grads_ref = _load_npz(fixture / "grads.npz")
@@ -331,30 +430,15 @@ def run(
         else None
     )
 
-    # ---- forward with intermediates (no gradient)
-    model_inputs = {k: batch[k] for k in objective.MODEL_INPUT_KEYS if k in batch}
-
-    # Op-by-op-like float32 rounding unless asked otherwise (see the docstring).
-    compiler_options = None if optimized else {"xla_backend_optimization_level": 0}
-
-    @functools.partial(precision.with_matmul_precision, value=precision.of_config(config))
-    @functools.partial(jax.jit, compiler_options=compiler_options)
-    def forward(p, inp):
-        return model.apply({"params": p}, **inp, train=False, mutable=["intermediates"])
-
-    out, state = forward(params, model_inputs)
+    # ---- forward with intermediates, loss, matching and gradients
+    if path == "train":
+        found = _run_train_path(kwargs, config, params, batch)
+    else:
+        found = _run_eager_path(model, loss_cfg, params, batch, optimized, config)
+    out, state, total, loss_dict, lout, grads, metrics_note = found
     flat = flatten_outputs(out)
     flat.update(collect_intermediates(state))
-
-    # ---- loss, matching and gradients: the training objective itself
-    def total_loss(p, b):
-        return objective.loss_fn(p, model, b, train=False, loss_cfg=loss_cfg)
-
-    value_and_grad = precision.with_matmul_precision(
-        jax.jit(jax.value_and_grad(total_loss, has_aux=True), compiler_options=compiler_options),
-        precision.of_config(config),
-    )
-    (total, (loss_dict, lout)), grads = value_and_grad(params, batch)
+    flat = _cut_to_fixture(flat, lv, lt, pv, pt)
     ours_losses = {k: float(v) for k, v in loss_dict.items()}
     ours_losses["total_loss"] = float(total)
 
@@ -398,6 +482,8 @@ def run(
         rows += list(_row_outputs(flat, ref_outputs, float64))
     rows.append(_row_matching(ours_idx, ours_cost, matching))
     rows.append(_row_losses(ours_losses, info, float64))
+    if metrics_note:
+        rows[-1].detail += f"; {metrics_note}"
     rows.append(_row_grads(grads_sd, grads_ref, info, float64))
     rows.append(_row_step(ours_step, step_ref, float64))
     for row in rows:
@@ -406,6 +492,12 @@ def run(
     if compute64 and not float64:
         for row in rows:
             row.detail += "; evaluated in float64" if row.group != "step" else ""
+    if path == "train":
+        for row in rows:
+            row.detail += "; train path" if row.group != "step" else ""
+    if (pv, pt) != (lv, lt):
+        for row in rows:
+            row.detail += f"; padded to {pv} clips, {pt} tokens" if row.group != "step" else ""
 
     if dump is not None:
         arrays: dict[str, np.ndarray] = dict(flat)
@@ -416,6 +508,93 @@ def run(
         arrays.update({f"step/{k}": v for k, v in ours_step.items()})
         np.savez_compressed(dump, **arrays)
     return rows
+
+
+def _run_eager_path(model, loss_cfg, params, batch, optimized, config):
+    """Forward (with intermediates), loss and gradient of ``objective.loss_fn``, each jitted
+    with XLA's backend optimisation off unless ``optimized`` (see :func:`run`), under the
+    config's matmul precision."""
+    import jax
+
+    from trdetr_jax import objective, precision
+
+    model_inputs = {k: batch[k] for k in objective.MODEL_INPUT_KEYS if k in batch}
+    compiler_options = None if optimized else {"xla_backend_optimization_level": 0}
+
+    @functools.partial(precision.with_matmul_precision, value=precision.of_config(config))
+    @functools.partial(jax.jit, compiler_options=compiler_options)
+    def forward(p, inp):
+        return model.apply({"params": p}, **inp, train=False, mutable=["intermediates"])
+
+    out, state = forward(params, model_inputs)
+
+    def total_loss(p, b):
+        return objective.loss_fn(p, model, b, train=False, loss_cfg=loss_cfg)
+
+    value_and_grad = precision.with_matmul_precision(
+        jax.jit(jax.value_and_grad(total_loss, has_aux=True), compiler_options=compiler_options),
+        precision.of_config(config),
+    )
+    (total, (loss_dict, lout)), grads = value_and_grad(params, batch)
+    return out, state, total, loss_dict, lout, grads, ""
+
+
+def _run_train_path(kwargs, config, params, batch):
+    """The training step's compile: gradients from ``train.train_step`` (see :func:`run`)."""
+    import jax
+    import jax.numpy as jnp
+
+    from trdetr_jax import objective, precision
+    from trdetr_jax import train as train_lib
+    from trdetr_jax.model import TRDETR
+
+    # The fixtures were made with dropout off; train=True with zero rates is the same maths.
+    model = TRDETR(**{**kwargs, "input_dropout": 0.0, "dropout": 0.0, "vfr_dropout": 0.0})
+    batch = dict(batch)
+    batch["example_mask"] = np.ones(batch["src_vid_mask"].shape[0], batch["src_vid_mask"].dtype)
+    mesh = train_lib.make_mesh(jax.devices()[:1])
+    loss_fn = objective.make_loss_fn(config, mesh=mesh)
+    rng = jax.random.key(0)
+    step0 = jnp.zeros((), jnp.int32)
+    dropout_rng = jax.random.fold_in(rng, step0)  # as train_step derives it
+
+    shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
+    tx = _capture_gradients()
+    matmul = precision.of_config(config)
+    steps = train_lib.build_steps(
+        mesh, model, tx, loss_fn, lambda count: 0.0, shapes, matmul_precision=matmul
+    )
+    state = train_lib.TrainState(step=step0, params=params, opt_state=tx.init(params), tx=tx)
+    state = jax.device_put(state, steps.state_sharding)
+    data = jax.device_put(batch, steps.data)
+    new_state, metrics = steps.train(state, data, rng)
+    grads = new_state.opt_state
+
+    forward = precision.with_matmul_precision(
+        jax.jit(
+            lambda p, inp: model.apply(
+                {"params": p},
+                **inp,
+                train=True,
+                rngs={"dropout": dropout_rng},
+                mutable=["intermediates"],
+            )
+        ),
+        matmul,
+    )
+    out, inter = forward(params, train_lib.model_inputs(batch))
+    loss = precision.with_matmul_precision(
+        jax.jit(lambda p, b: loss_fn(p, model, b, train=True, dropout_rng=dropout_rng)), matmul
+    )
+    total, (loss_dict, lout) = loss(params, data)
+
+    ours = {k: float(v) for k, v in loss_dict.items()}
+    ours["loss"] = float(total)
+    worst = max(
+        abs(float(metrics[k]) - v) / max(abs(v), 1e-30) for k, v in ours.items() if k in metrics
+    )
+    note = f"train_step's float32 metrics within {worst:.1e} rel"
+    return out, inter, total, loss_dict, lout, grads, note
 
 
 def _optimizer_step(sd, grads_sd, grads_ref, info, config, loss_cfg, float64):
@@ -495,6 +674,22 @@ def main(argv: list[str] | None = None) -> int:
         "rounding of the port apart from a real difference",
     )
     parser.add_argument(
+        "--path",
+        choices=PATHS,
+        default="eager",
+        help="eager: forward and gradient compiled without XLA optimisation (op-by-op "
+        "rounding); train: the gradient of the real train step as training compiles it",
+    )
+    parser.add_argument(
+        "--pad-video",
+        type=int,
+        metavar="P",
+        help="pad the batch physically to P clips (official mode must not depend on it)",
+    )
+    parser.add_argument(
+        "--pad-text", type=int, metavar="Q", help="pad the batch physically to Q tokens"
+    )
+    parser.add_argument(
         "--optimized",
         action="store_true",
         help="compile forward and gradient with XLA's full optimisation, as training does "
@@ -502,7 +697,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        rows = run(args.fixture_dir, args.dump, x64=args.x64, optimized=args.optimized)
+        rows = run(
+            args.fixture_dir,
+            args.dump,
+            x64=args.x64,
+            optimized=args.optimized,
+            path=args.path,
+            pad_video=args.pad_video,
+            pad_text=args.pad_text,
+        )
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"parity: cannot run on {args.fixture_dir}: {e}", file=sys.stderr)
         return 2

@@ -42,7 +42,15 @@ from trdetr_jax import checkpointing, files, precision, runlog
 Batch = dict[str, np.ndarray]
 
 # Inputs of the model's forward pass; every other batch key is a training target.
-MODEL_INPUT_KEYS = ("src_txt", "src_txt_mask", "src_vid", "src_vid_mask", "src_aud")
+MODEL_INPUT_KEYS = (
+    "src_txt",
+    "src_txt_mask",
+    "src_vid",
+    "src_vid_mask",
+    "src_aud",
+    "official_vid_len",
+    "official_txt_len",
+)
 # Model outputs the evaluation needs on the host.
 EVAL_OUTPUT_KEYS = ("pred_logits", "pred_spans", "saliency_scores", "video_mask")
 

@@ -2,8 +2,9 @@
 
 ``s = sum(saliency_proj(memory), -1) / sqrt(d)``; ``w = softmax(s)`` over the clips;
 the memory ``memory + t2v_video * w`` then goes through the *same* encoder again.
-Official mode takes the softmax over all padded clips (most of the mass of a short video
-sits on padding); ``compat='fixed'`` restricts it to the valid clips.
+Official mode takes the softmax over all padded clips, i.e. the first ``official_vid_len``
+ones (most of the mass of a short video sits on padding); ``compat='fixed'`` restricts it
+to the valid clips.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ def saliency_from_projection(projected: jax.Array) -> jax.Array:
     return jnp.sum(projected, axis=-1) / math.sqrt(projected.shape[-1])
 
 
-def hd2mr_weights(scores: jax.Array, video_mask: jax.Array, compat: str) -> jax.Array:
-    """Softmax of the HD2MR saliency over the clips: [B, L] -> [B, L]."""
-    scores = at_least_f32(scores)
-    if compat == "official":
-        return jax.nn.softmax(scores, axis=-1)
-    return masked_softmax(scores, video_mask > 0)
+def hd2mr_weights(scores: jax.Array, clips: jax.Array) -> jax.Array:
+    """Softmax of the HD2MR saliency over the clips: [B, L] -> [B, L].
+
+    ``clips`` [B, L] (nonzero = in the softmax): official mode passes the clips within the
+    official padded length, fixed mode the valid clips. Other clips get weight 0.
+    """
+    return masked_softmax(at_least_f32(scores), clips > 0)

@@ -5,12 +5,14 @@ a run of clips of the pre-fusion video projection; a GRU summarises it into ``h`
 memory is re-weighted by the clips' similarity to ``h`` (``memory * w + memory``) before the
 shared saliency head.
 
-Official mode (bit-faithful):
-- span -> ``floor(xx * (L * clip_len) / clip_len)`` with L the *padded* length;
+Official mode (bit-faithful), with L the official padded length (``official_vid_len``,
+which may be shorter than the array):
+- span -> ``floor(xx * (L * clip_len) / clip_len)``;
 - the clip run is ``src_vid_ed[b, start:end + 1]`` with Python slice semantics (a negative
   start or end wraps by L, bounds clamp to [0, L], a reversed range is empty), zero-padded
   at the end to L steps; here it is a gather with a validity mask (static shapes);
-- the GRU runs over all L steps, zeros included; ``w = h . src_vid_ed^T`` (raw dot product).
+- the GRU runs over all L steps, zeros included, and its state stays unchanged on the
+  array's steps beyond L; ``w = h . src_vid_ed^T`` (raw dot product).
 ``compat='fixed'``: the span is floored on the sample's true length, clamped into its valid
 clips (at least one), the GRU stops after the run (state frozen), and
 ``w = softmax over valid clips of cos(h, src_vid_ed)`` (the paper's cosine + softmax).
@@ -29,8 +31,10 @@ import jax.numpy as jnp
 from trdetr_jax.model.layers import Dtype, at_least_f32, masked_softmax, torch_uniform
 
 
-def python_slice_bounds(start: jax.Array, stop: jax.Array, length: int):
+def python_slice_bounds(start: jax.Array, stop: jax.Array, length):
     """Python's ``slice(start, stop).indices(length)`` for step 1 on int arrays.
+
+    ``length``: an int or an int array broadcastable with ``start`` (one length per row).
 
     Returns (start, count): the first row taken and how many rows the slice holds.
     """
@@ -126,23 +130,26 @@ class MR2HD(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, pred_logits, pred_spans, memory, src_vid_ed, video_mask):
-        """pred_logits/pred_spans [B, nq, 2] (last layer); memory, src_vid_ed [B, L, d]."""
+    def __call__(self, pred_logits, pred_spans, memory, src_vid_ed, video_mask, padded_len=None):
+        """pred_logits/pred_spans [B, nq, 2] (last layer); memory, src_vid_ed [B, L, d];
+        padded_len [B] int: the official padded length (None: L), official mode only."""
         b, length, d = memory.shape
         official = self.compat == "official"
+        if padded_len is None:
+            padded_len = jnp.full((b,), length, jnp.int32)
         fg = jax.nn.softmax(at_least_f32(pred_logits), axis=-1)[..., 0]  # [B, nq]
         fg = jax.lax.stop_gradient(fg)
         top1 = jnp.argmax(fg, axis=-1)  # [B]
         span = jnp.take_along_axis(pred_spans, top1[:, None, None], axis=1)[:, 0]  # [B, 2]
         span = jax.lax.stop_gradient(span)
         if official:
-            n_clips = jnp.asarray(length, span.dtype)  # the padded length
+            n_clips = padded_len[:, None].astype(span.dtype)  # [B, 1] the padded length
         else:
             n_clips = jnp.sum(video_mask > 0, axis=1).astype(span.dtype)[:, None]  # [B, 1]
         bounds = jnp.floor(cxw_to_xx(span) * (n_clips * self.clip_length) / self.clip_length)
         first, last = bounds[:, 0].astype(jnp.int32), bounds[:, 1].astype(jnp.int32)
         if official:
-            start, count = python_slice_bounds(first, last + 1, length)
+            start, count = python_slice_bounds(first, last + 1, padded_len)
         else:
             n_valid = n_clips[:, 0].astype(jnp.int32)
             last_clip = jnp.maximum(n_valid - 1, 0)  # an all-padding example keeps one step
@@ -151,7 +158,7 @@ class MR2HD(nn.Module):
             count = end - start + 1
         run = gather_run(src_vid_ed, start, count)  # [B, L, d]
         h = TorchGRU(d, self.dtype, self.param_dtype, name="gru")(
-            run, num_steps=None if official else count
+            run, num_steps=padded_len if official else count
         )  # [B, d]
         if official:
             w = jnp.einsum("bd,bld->bl", h, src_vid_ed.astype(h.dtype))  # [B, L]

@@ -1,5 +1,25 @@
 """The TR-DETR model: input projections -> VFR -> T2V -> encoder (+ HD2MR) -> anchor decoder
 -> heads -> MR2HD saliency. See DESIGN.md section 1 for the stages and their paper equations.
+
+Official padded lengths. The official collate pads every batch to its longest video and
+query, and official mode depends on that padded length in these places (reference README
+section 6), which here read ``official_vid_len`` / ``official_txt_len`` instead of the array
+shape, so a batch padded physically further gives the same result:
+
+* the pooled ``src_vid_cls_ed`` / ``src_txt_cls_ed`` (VTC inputs): mean over the first
+  L_v / L_t rows, padding within them included (item 2);
+* HD2MR: the softmax over the first L_v clips, padding within them included (item 9);
+* MR2HD: the span is floored on L_v, the slice wraps a negative bound by L_v and clamps at
+  L_v, and the GRU runs L_v steps (its state stays unchanged after them) (item 13);
+* the losses: the CTC mean over ``B * L_v`` and the rank-contrastive softmax of the
+  saliency loss over the first L_v clips (:mod:`trdetr_jax.losses`).
+
+Padding-independent already (checked, each has a test): the sine position embedding
+(cumsum of the mask over the valid count), the T2V mask quirk (a position beyond L is
+padding for every sample: masked by the key-padding mask, and its query rows are free),
+the VFR's masked softmaxes (exactly zero weight on padding), the encoder and decoder
+attention (key-padding masks), the margin part of the saliency loss (clip indices).
+Rows beyond the official lengths hold finite values that nothing reads.
 """
 
 from __future__ import annotations
@@ -9,6 +29,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from trdetr_jax.model.decoder import AnchorDecoder
 from trdetr_jax.model.encoder import Encoder
@@ -22,6 +43,31 @@ from trdetr_jax.model.t2v import T2VEncoder
 from trdetr_jax.model.vfr import VFR
 
 COMPAT_MODES = ("official", "fixed")
+
+
+def official_lengths(length: jax.Array | None, batch: int, physical: int, name: str) -> jax.Array:
+    """``official_*_len [B]`` (the input ``name``) as int32, or ``physical`` for every row
+    when None.
+
+    A concrete length beyond the physical one (nothing to pad to) is an error.
+    """
+    if length is None:
+        return jnp.full((batch,), physical, jnp.int32)
+    if not isinstance(length, jax.core.Tracer):
+        found = np.asarray(length)
+        if found.shape != (batch,) or found.size and (found.max() > physical or found.min() < 0):
+            raise ValueError(
+                f"{name}: expected shape ({batch},) with values in [0, {physical}] "
+                f"(the padded array length), found shape {found.shape}, values {found.tolist()}"
+            )
+    return jnp.asarray(length).astype(jnp.int32)
+
+
+def mean_of_first(x: jax.Array, length: jax.Array) -> jax.Array:
+    """Mean of the first ``length[b]`` rows, padding included: x [B, L, d] -> [B, d]."""
+    within = jnp.arange(x.shape[1])[None, :] < length[:, None]  # [B, L]
+    total = jnp.sum(jnp.where(within[:, :, None], x, jnp.zeros((), x.dtype)), axis=1)
+    return total / jnp.maximum(length, 1)[:, None].astype(x.dtype)
 
 
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -63,9 +109,14 @@ class TextPositionEmbedding(nn.Module):
 
 
 class TRDETR(nn.Module):
-    """TR-DETR. Call with (src_txt, src_txt_mask, src_vid, src_vid_mask, src_aud=None, *, train).
+    """TR-DETR. Call with (src_txt, src_txt_mask, src_vid, src_vid_mask, src_aud=None, *,
+    official_vid_len=None, official_txt_len=None, train).
 
-    Masks are float, 1 = valid. ``compat``: 'official' reproduces the official code including
+    Masks are float, 1 = valid. ``official_vid_len`` / ``official_txt_len`` [B] int32 (every
+    row the same value): the lengths the official collate would pad the batch to (its
+    longest video / query); None means the array's length. Official mode reads them wherever
+    the official code depends on the padded length (see the module docstring); fixed mode
+    ignores them. ``compat``: 'official' reproduces the official code including
     its quirks; 'fixed' corrects them (see each module's docstring). Intermediates with the
     reference-fixture names are sown into the 'intermediates' collection when the caller asks
     for it (``mutable=['intermediates']``); see :func:`collect_intermediates`.
@@ -94,7 +145,16 @@ class TRDETR(nn.Module):
 
     @nn.compact
     def __call__(
-        self, src_txt, src_txt_mask, src_vid, src_vid_mask, src_aud=None, *, train: bool = False
+        self,
+        src_txt,
+        src_txt_mask,
+        src_vid,
+        src_vid_mask,
+        src_aud=None,
+        *,
+        official_vid_len=None,
+        official_txt_len=None,
+        train: bool = False,
     ) -> dict[str, Any]:
         if self.compat not in COMPAT_MODES:
             raise ValueError(f"compat must be one of {COMPAT_MODES}, got {self.compat!r}")
@@ -103,6 +163,11 @@ class TRDETR(nn.Module):
             jnp.asarray, (src_txt, src_txt_mask, src_vid, src_vid_mask)
         )
         d = self.hidden_dim
+        n = src_vid.shape[0]
+        vid_len = official_lengths(official_vid_len, n, src_vid.shape[1], "official_vid_len")  # [B]
+        txt_len = official_lengths(official_txt_len, n, src_txt.shape[1], "official_txt_len")  # [B]
+        # Clips within the official padded length: what the official softmaxes range over.
+        within_vid = jnp.arange(src_vid.shape[1])[None, :] < vid_len[:, None]  # [B, Lv]
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         # Heads feed softmaxes, costs and losses: at least float32 even with bf16 compute.
         head_dtype = None if self.dtype is None else jnp.promote_types(self.dtype, jnp.float32)
@@ -123,8 +188,8 @@ class TRDETR(nn.Module):
         txt = InputProjection(name="input_txt_proj", **proj)(src_txt, train=train)  # [B, Lt, d]
         sow("inter_input_vid_proj", vid)
         sow("inter_input_txt_proj", txt)
-        if official:  # mean over all rows, padding included
-            vid_cls, txt_cls = vid.mean(1), txt.mean(1)
+        if official:  # mean over all official rows, padding included
+            vid_cls, txt_cls = mean_of_first(vid, vid_len), mean_of_first(txt, txt_len)
         else:
             vid_cls, txt_cls = masked_mean(vid, src_vid_mask), masked_mean(txt, src_txt_mask)
 
@@ -169,7 +234,7 @@ class TRDETR(nn.Module):
         if self.use_hd2mr:
             sow("inter_hd2mr_saliency_proj_in", memory)
             scores = saliency_from_projection(saliency_proj(memory))  # [B, Lv]
-            weight = hd2mr_weights(scores, src_vid_mask, self.compat)
+            weight = hd2mr_weights(scores, within_vid if official else src_vid_mask)
             sow("inter_hd2mr_saliency_scores", scores)
             sow("inter_hd2mr_weight_softmax", weight)
             memory_in = memory + t2v_vid * weight[:, :, None].astype(t2v_vid.dtype)
@@ -195,7 +260,7 @@ class TRDETR(nn.Module):
         # 9. MR2HD saliency.
         if self.use_mr2hd:
             memory = MR2HD(self.clip_length, self.compat, name="mr2hd", **kw)(
-                outputs_class[-1], outputs_spans[-1], memory, vid, src_vid_mask
+                outputs_class[-1], outputs_spans[-1], memory, vid, src_vid_mask, vid_len
             )
             sow("inter_mr2hd_memory_modulated", memory)
         saliency = saliency_from_projection(saliency_proj(memory))  # [B, Lv]
