@@ -130,3 +130,38 @@ def test_fixture_matching_indices(reference_dir):
 def test_unknown_solver_is_an_error():
     with pytest.raises(ValueError, match=r"solver must be one of \('scipy', 'device'\)"):
         matcher.assign(jnp.zeros((1, 1, 2, 2)), jnp.ones((1, 2)), solver="gpu")
+
+
+def test_train_objective_same_with_either_solver():
+    """The loss and its gradient through ``config.train.matcher='device'`` equal scipy's."""
+    from test_objective import _batch, _config
+
+    from trdetr_jax import objective
+    from trdetr_jax.model import TRDETR, model_kwargs_from_config
+
+    config = _config()
+    model = TRDETR(**model_kwargs_from_config(config))
+    batch = _batch()
+    params = jax.jit(lambda k: model.init(k, **objective_inputs(batch), train=False))(
+        jax.random.key(0)
+    )["params"]
+    found = {}
+    for solver in ("scipy", "device"):
+        config.train.matcher = solver
+        loss_fn = objective.make_loss_fn(config)
+        fn = jax.jit(
+            jax.value_and_grad(lambda p, b: loss_fn(p, model, b, train=False)[0])  # noqa: B023
+        )
+        found[solver] = fn(params, batch)
+    (loss_s, grad_s), (loss_d, grad_d) = found["scipy"], found["device"]
+    assert float(loss_s) == float(loss_d)
+    jax.tree.map(np.testing.assert_array_equal, grad_s, grad_d)
+    config.train.matcher = "hungarian"
+    with pytest.raises(ValueError, match=r"config.train.matcher: expected one of scipy, device"):
+        objective.make_loss_fn(config)
+
+
+def objective_inputs(batch):
+    from trdetr_jax import objective
+
+    return {k: batch[k] for k in objective.MODEL_INPUT_KEYS if k in batch}

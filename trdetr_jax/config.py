@@ -168,6 +168,9 @@ def get_base_config() -> config_dict.ConfigDict:
     train.max_es_cnt = 200
     # Initialise jax.distributed (multi-host); also enabled by JAX_COORDINATOR_ADDRESS.
     train.distributed = False
+    # Hungarian assignment: 'scipy' (host callback, the reference) or 'device' (inside the
+    # step: no host round trip per step; ties may be broken differently, see matcher.py).
+    train.matcher = "scipy"
     config.train = train
 
     # ------------------------------------------------------------------ eval

@@ -35,9 +35,19 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
+from trdetr_jax.matcher import SOLVERS
 from trdetr_jax.spans import clamp, generalized_temporal_iou, span_cxw_to_xx
 
 Match = tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]  # (pred_idx, tgt_idx, valid), [B, W] each
+
+
+def check_matcher_solver(value) -> str:
+    """``config.train.matcher`` if valid, else a one-line ValueError naming the field."""
+    if value not in SOLVERS:
+        raise ValueError(
+            f"config.train.matcher: expected one of {', '.join(SOLVERS)}, found {value!r}"
+        )
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,10 +74,13 @@ class LossConfig:
     use_matcher: bool = True
     # Losses on the auxiliary decoder layers.
     aux_loss: bool = True
+    # Who solves the assignment: 'scipy' (host) or 'device' (see trdetr_jax.matcher).
+    matcher_solver: str = "scipy"
 
     @classmethod
     def from_config(cls, config) -> LossConfig:
-        """From the full ml_collections config (``config.loss`` + ``config.model``)."""
+        """From the full ml_collections config (``config.loss``, ``config.model`` and
+        ``config.train.matcher``)."""
         loss = config.loss
         return cls(
             set_cost_span=float(loss.set_cost_span),
@@ -84,6 +97,7 @@ class LossConfig:
             use_lgam=bool(config.model.use_lgam),
             use_matcher=bool(loss.use_matcher),
             aux_loss=bool(config.model.aux_loss),
+            matcher_solver=check_matcher_solver(config.train.matcher),
         )
 
     def weight_dict(self, num_aux: int) -> dict[str, float]:

@@ -52,6 +52,7 @@ def match_outputs(
         cost_giou=loss_cfg.set_cost_giou,
         cost_class=loss_cfg.set_cost_class,
         mesh=mesh,
+        solver=loss_cfg.matcher_solver,
     )
     matches = {"final": found[0]}
     matches.update({f"aux_{i}": m for i, m in enumerate(found[1:])})
