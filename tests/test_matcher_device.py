@@ -137,12 +137,12 @@ def test_train_objective_same_with_either_solver():
     from test_objective import _batch, _config
 
     from trdetr_jax import objective
-    from trdetr_jax.model import TRDETR, model_kwargs_from_config
+    from trdetr_jax.model import TRDETR, model_inputs, model_kwargs_from_config
 
     config = _config()
     model = TRDETR(**model_kwargs_from_config(config))
     batch = _batch()
-    params = jax.jit(lambda k: model.init(k, **objective_inputs(batch), train=False))(
+    params = jax.jit(lambda k: model.init(k, **model_inputs(batch), train=False))(
         jax.random.key(0)
     )["params"]
     found = {}
@@ -159,9 +159,3 @@ def test_train_objective_same_with_either_solver():
     config.train.matcher = "hungarian"
     with pytest.raises(ValueError, match=r"config.train.matcher: expected one of scipy, device"):
         objective.make_loss_fn(config)
-
-
-def objective_inputs(batch):
-    from trdetr_jax import objective
-
-    return {k: batch[k] for k in objective.MODEL_INPUT_KEYS if k in batch}

@@ -12,13 +12,13 @@ import pytest
 
 from trdetr_jax.model import TRDETR, collect_intermediates, flatten_outputs
 from trdetr_jax.model.attention import ProjectionFreeAttention, TorchMultiheadAttention
-from trdetr_jax.model.heads import inverse_sigmoid
 from trdetr_jax.model.input_proj import InputProjection
 from trdetr_jax.model.layers import PReLU
 from trdetr_jax.model.mr2hd import MR2HD, TorchGRU, gather_run, python_slice_bounds
 from trdetr_jax.model.position import anchor_sine_embedding, sine_position_embedding
 from trdetr_jax.model.t2v import t2v_attention_valid
 from trdetr_jax.model.vfr import VFR, mask_logits
+from trdetr_jax.spans import inverse_sigmoid
 
 RNG = np.random.default_rng(0)
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from trdetr_jax import losses, objective
-from trdetr_jax.model import TRDETR, collect_intermediates, flatten_outputs
+from trdetr_jax.model import TRDETR, collect_intermediates, flatten_outputs, model_inputs
 from trdetr_jax.model.mr2hd import MR2HD, python_slice_bounds
 
 TINY = dict(
@@ -93,7 +93,7 @@ def _cut(flat, pv, pt):
 def _init_params(model, batch, dtype):
     params = model.init(
         jax.random.key(0),
-        **{k: batch[k] for k in objective.MODEL_INPUT_KEYS if k in batch},
+        **model_inputs(batch),
         train=False,
     )["params"]
     # PReLU slopes and LayerNorm scales off their defaults so nothing is trivially symmetric
@@ -112,7 +112,7 @@ def _run(model, params, batch, intermediates: bool):
     out.pop("matches")
     flat = flatten_outputs(out)
     if intermediates:
-        inputs = {k: batch[k] for k in objective.MODEL_INPUT_KEYS if k in batch}
+        inputs = model_inputs(batch)
 
         @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
         def forward(p, inp):
@@ -354,7 +354,7 @@ def test_place_rank_contrastive_softmax_over_official_clips():
 def test_official_length_beyond_the_array_is_an_error():
     model = TRDETR(**TINY)
     batch = _batch(np.float32)
-    inputs = {k: batch[k] for k in objective.MODEL_INPUT_KEYS if k in batch}
+    inputs = model_inputs(batch)
     inputs["official_vid_len"] = np.full((B,), LV + 1, np.int32)
     with pytest.raises(
         ValueError, match=r"official_vid_len: expected shape \(2,\) with values in \[0, 12\]"
@@ -365,7 +365,7 @@ def test_official_length_beyond_the_array_is_an_error():
 def test_fixed_mode_ignores_official_lengths():
     model = TRDETR(**TINY, compat="fixed")
     batch = _batch(np.float32)
-    inputs = {k: batch[k] for k in objective.MODEL_INPUT_KEYS if k in batch}
+    inputs = model_inputs(batch)
     params = model.init(jax.random.key(0), **inputs, train=False)
     short = dict(inputs, official_vid_len=np.full((B,), 9, np.int32))
     short["official_txt_len"] = np.full((B,), 5, np.int32)

@@ -51,6 +51,7 @@ import sys
 import numpy as np
 import pytest
 
+from trdetr_jax.model import model_inputs
 from trdetr_jax.official import convert
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -294,7 +295,7 @@ def _direct_rows(converted: str, data_dir: str, batch_size: int):
             max_q_l=max(len(e["text"]) for e in examples),
             max_windows=ds.max_windows,
         )
-        out = jax.device_get(apply({"params": params}, **train.model_inputs(batch)))
+        out = jax.device_get(apply({"params": params}, **model_inputs(batch)))
         out = {k: np.asarray(out[k]) for k in train.EVAL_OUTPUT_KEYS}
         metas = [ds.rows[i] for i in idx]
         args = (out["pred_logits"], out["pred_spans"], out["saliency_scores"], out["video_mask"])

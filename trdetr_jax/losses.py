@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from trdetr_jax.matcher import SOLVERS
+from trdetr_jax.precision import at_least_f32
 from trdetr_jax.spans import clamp, generalized_temporal_iou, span_cxw_to_xx
 
 Match = tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]  # (pred_idx, tgt_idx, valid), [B, W] each
@@ -172,13 +173,6 @@ def _mean_over_examples(
     w = w.astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
     per_example = x[0].size
     return pairwise_sum(x * w) / (jnp.maximum(jnp.sum(w), 1.0) * per_example)
-
-
-def _at_least_f32(x):
-    x = jnp.asarray(x)
-    if jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32:
-        return x.astype(jnp.float32)
-    return x
 
 
 def _normalize(x: jnp.ndarray, axis: int) -> jnp.ndarray:
@@ -436,7 +430,7 @@ def compute_losses(
     example_mask = _weights(batch)
     padded_len = batch.get("official_vid_len")
     # Losses are computed in float32 (or float64 under x64) even for bfloat16 compute.
-    outputs = jax.tree.map(_at_least_f32, dict(outputs))
+    outputs = jax.tree.map(at_least_f32, dict(outputs))
     aux_outputs = tuple(outputs.get("aux_outputs", ())) if cfg.aux_loss else ()
     terms: dict[str, jnp.ndarray] = {}
     layers = [("", outputs, "final")]

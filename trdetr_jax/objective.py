@@ -16,17 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from trdetr_jax import losses, matcher
+from trdetr_jax.model import model_inputs
 
-# Inputs of the model's forward pass; every other batch key is a target.
-MODEL_INPUT_KEYS = (
-    "src_txt",
-    "src_txt_mask",
-    "src_vid",
-    "src_vid_mask",
-    "src_aud",
-    "official_vid_len",
-    "official_txt_len",
-)
 OFFICIAL_LOSSES = losses.LossConfig()
 
 
@@ -86,7 +77,7 @@ def loss_fn(
       ``(total_loss, (loss_dict, outputs))``; ``outputs`` are the model outputs plus
       ``'matches'`` (None without matching).
     """
-    inputs = {k: batch[k] for k in MODEL_INPUT_KEYS if batch.get(k) is not None}
+    inputs = model_inputs(batch)
     rngs = {"dropout": dropout_rng} if train and dropout_rng is not None else {}
     outputs = dict(model.apply({"params": params}, **inputs, train=train, rngs=rngs))
     matches = match_outputs(outputs, batch, loss_cfg, mesh=mesh) if loss_cfg.use_matcher else None

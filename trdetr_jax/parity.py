@@ -517,8 +517,9 @@ def _run_eager_path(model, loss_cfg, params, batch, optimized, config):
     import jax
 
     from trdetr_jax import objective, precision
+    from trdetr_jax.model import model_inputs
 
-    model_inputs = {k: batch[k] for k in objective.MODEL_INPUT_KEYS if k in batch}
+    inputs = model_inputs(batch)
     compiler_options = None if optimized else {"xla_backend_optimization_level": 0}
 
     @functools.partial(precision.with_matmul_precision, value=precision.of_config(config))
@@ -526,7 +527,7 @@ def _run_eager_path(model, loss_cfg, params, batch, optimized, config):
     def forward(p, inp):
         return model.apply({"params": p}, **inp, train=False, mutable=["intermediates"])
 
-    out, state = forward(params, model_inputs)
+    out, state = forward(params, inputs)
 
     def total_loss(p, b):
         return objective.loss_fn(p, model, b, train=False, loss_cfg=loss_cfg)
@@ -546,7 +547,7 @@ def _run_train_path(kwargs, config, params, batch):
 
     from trdetr_jax import objective, precision
     from trdetr_jax import train as train_lib
-    from trdetr_jax.model import TRDETR
+    from trdetr_jax.model import TRDETR, model_inputs
 
     # The fixtures were made with dropout off; train=True with zero rates is the same maths.
     model = TRDETR(**{**kwargs, "input_dropout": 0.0, "dropout": 0.0, "vfr_dropout": 0.0})
@@ -582,7 +583,7 @@ def _run_train_path(kwargs, config, params, batch):
         ),
         matmul,
     )
-    out, inter = forward(params, train_lib.model_inputs(batch))
+    out, inter = forward(params, model_inputs(batch))
     loss = precision.with_matmul_precision(
         jax.jit(lambda p, b: loss_fn(p, model, b, train=True, dropout_rng=dropout_rng)), matmul
     )

@@ -1,4 +1,5 @@
-"""Numerics policy: the precision of float32 matrix products in every compiled step.
+"""Numerics policy: the precision of float32 matrix products in every compiled step, and
+the dtypes that stay at least float32 under a bfloat16 compute dtype.
 
 ``config.model.matmul_precision``:
 
@@ -18,6 +19,7 @@ import functools
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 # Project name -> JAX's jax_default_matmul_precision value (a precision level or a dot
 # algorithm preset).
@@ -73,3 +75,12 @@ class _WithPrecision:
 def with_matmul_precision(fn, value: str = DEFAULT):
     """``fn`` (a jitted function) traced, lowered and run under matmul precision ``value``."""
     return _WithPrecision(fn, value)
+
+
+def at_least_f32(x):
+    """``x`` in float32 if it is a narrower float (bfloat16, float16); other dtypes, float64
+    included, unchanged. Softmaxes, costs and losses never run below float32."""
+    x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32:
+        return x.astype(jnp.float32)
+    return x

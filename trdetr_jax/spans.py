@@ -1,4 +1,5 @@
-"""Temporal span maths: format conversion, IoU / generalised IoU, inverse sigmoid.
+"""Temporal span maths: format conversion, IoU / generalised IoU, inverse sigmoid, the
+model's span refinement. The model, the matcher and the losses all use these.
 
 Spans are normalised to the video length. Two formats are used:
   * ``cxw``: ``(center, width)``, what the model predicts and the targets store;
@@ -7,6 +8,7 @@ Spans are normalised to the video length. Two formats are used:
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 
@@ -89,3 +91,9 @@ def inverse_sigmoid(x: jnp.ndarray, eps: float = 1e-3) -> jnp.ndarray:
     x1 = clamp(x, eps)
     x2 = clamp(1.0 - x, eps)
     return jnp.log(x1 / x2)
+
+
+def refine_spans(span_offsets: jnp.ndarray, references: jnp.ndarray) -> jnp.ndarray:
+    """The model's spans: ``sigmoid(span_embed(hs) + inverse_sigmoid(reference))``, ``[..., 2]``
+    (center, width)."""
+    return jax.nn.sigmoid(span_offsets + inverse_sigmoid(references))

@@ -38,19 +38,10 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from trdetr_jax import checkpointing, files, precision, runlog
+from trdetr_jax.model import model_inputs
 
 Batch = dict[str, np.ndarray]
 
-# Inputs of the model's forward pass; every other batch key is a training target.
-MODEL_INPUT_KEYS = (
-    "src_txt",
-    "src_txt_mask",
-    "src_vid",
-    "src_vid_mask",
-    "src_aud",
-    "official_vid_len",
-    "official_txt_len",
-)
 # Model outputs the evaluation needs on the host.
 EVAL_OUTPUT_KEYS = ("pred_logits", "pred_spans", "saliency_scores", "video_mask")
 
@@ -79,11 +70,6 @@ class TrainState(struct.PyTreeNode):
         updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
         params = optax.apply_updates(self.params, updates)
         return self.replace(step=self.step + 1, params=params, opt_state=opt_state)
-
-
-def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
-    """The forward-pass arguments of ``TRDETR.apply`` found in ``batch``."""
-    return {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
 
 
 def init_params(model, batch: dict[str, Any], rng: jax.Array) -> Any:

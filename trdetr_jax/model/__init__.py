@@ -18,12 +18,33 @@ import numpy as np
 from trdetr_jax.model.trdetr import COMPAT_MODES, TRDETR
 
 __all__ = [
+    "MODEL_INPUT_KEYS",
+    "model_inputs",
     "TRDETR",
     "COMPAT_MODES",
     "model_kwargs_from_config",
     "collect_intermediates",
     "flatten_outputs",
 ]
+
+# The arguments of TRDETR.__call__ a batch carries; every other batch key is a training
+# target or bookkeeping (example_mask).
+MODEL_INPUT_KEYS = (
+    "src_txt",
+    "src_txt_mask",
+    "src_vid",
+    "src_vid_mask",
+    "src_aud",
+    "official_vid_len",
+    "official_txt_len",
+)
+
+
+def model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """The forward-pass arguments of ``TRDETR.apply`` found in ``batch`` (absent or None
+    ones left out)."""
+    return {k: batch[k] for k in MODEL_INPUT_KEYS if batch.get(k) is not None}
+
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 

@@ -19,11 +19,11 @@ import jax.numpy as jnp
 
 from trdetr_jax.model.layers import (
     Dtype,
-    at_least_f32,
     packed_qkv_xavier,
     torch_dense,
     xavier_uniform,
 )
+from trdetr_jax.precision import at_least_f32
 
 
 def attention_weights(q: jax.Array, k: jax.Array, valid: jax.Array | None) -> jax.Array:

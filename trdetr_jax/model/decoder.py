@@ -18,9 +18,9 @@ import jax.numpy as jnp
 
 from trdetr_jax.model.attention import ProjectionFreeAttention, split_heads
 from trdetr_jax.model.encoder import feed_forward
-from trdetr_jax.model.heads import inverse_sigmoid
 from trdetr_jax.model.layers import MLP, Dtype, layer_norm, torch_dense, xavier_uniform
 from trdetr_jax.model.position import anchor_sine_embedding
+from trdetr_jax.spans import inverse_sigmoid
 
 
 def _concat_heads(a: jax.Array, b: jax.Array, num_heads: int) -> jax.Array:

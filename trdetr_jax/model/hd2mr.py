@@ -14,7 +14,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from trdetr_jax.model.layers import at_least_f32, masked_softmax
+from trdetr_jax.model.layers import masked_softmax
+from trdetr_jax.precision import at_least_f32
 
 
 def saliency_from_projection(projected: jax.Array) -> jax.Array:

@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from trdetr_jax.precision import at_least_f32
+
 Dtype = Any
 
 
@@ -112,11 +114,6 @@ class MLP(nn.Module):
             if not last:
                 x = nn.relu(x)
         return x
-
-
-def at_least_f32(x: jax.Array) -> jax.Array:
-    """Softmaxes and similar reductions run in float32 (or float64 under x64), never in bf16."""
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def masked_softmax(logits: jax.Array, valid: jax.Array, axis: int = -1) -> jax.Array:

@@ -28,7 +28,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from trdetr_jax.model.layers import Dtype, at_least_f32, masked_softmax, torch_uniform
+from trdetr_jax.model.layers import Dtype, masked_softmax, torch_uniform
+from trdetr_jax.precision import at_least_f32
+from trdetr_jax.spans import span_cxw_to_xx
 
 
 def python_slice_bounds(start: jax.Array, stop: jax.Array, length):
@@ -115,12 +117,6 @@ class TorchGRU(nn.Module):
         return h
 
 
-def cxw_to_xx(spans: jax.Array) -> jax.Array:
-    """(center, width) -> (start, end) = (c - w/2, c + w/2)."""
-    c, w = spans[..., 0], spans[..., 1]
-    return jnp.stack([c - 0.5 * w, c + 0.5 * w], axis=-1)
-
-
 class MR2HD(nn.Module):
     """Returns the re-weighted memory ``memory * w + memory`` [B, L, d]; params ``gru``."""
 
@@ -146,7 +142,7 @@ class MR2HD(nn.Module):
             n_clips = padded_len[:, None].astype(span.dtype)  # [B, 1] the padded length
         else:
             n_clips = jnp.sum(video_mask > 0, axis=1).astype(span.dtype)[:, None]  # [B, 1]
-        bounds = jnp.floor(cxw_to_xx(span) * (n_clips * self.clip_length) / self.clip_length)
+        bounds = jnp.floor(span_cxw_to_xx(span) * (n_clips * self.clip_length) / self.clip_length)
         first, last = bounds[:, 0].astype(jnp.int32), bounds[:, 1].astype(jnp.int32)
         if official:
             start, count = python_slice_bounds(first, last + 1, padded_len)

@@ -34,13 +34,13 @@ import numpy as np
 from trdetr_jax.model.decoder import AnchorDecoder
 from trdetr_jax.model.encoder import Encoder
 from trdetr_jax.model.hd2mr import hd2mr_weights, saliency_from_projection
-from trdetr_jax.model.heads import refine_spans
 from trdetr_jax.model.input_proj import InputProjection
 from trdetr_jax.model.layers import MLP, Dtype, layer_norm, torch_dense
 from trdetr_jax.model.mr2hd import MR2HD
 from trdetr_jax.model.position import sine_position_embedding
 from trdetr_jax.model.t2v import T2VEncoder
 from trdetr_jax.model.vfr import VFR
+from trdetr_jax.spans import refine_spans
 
 COMPAT_MODES = ("official", "fixed")
 

@@ -14,7 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from trdetr_jax.model.layers import Dtype, at_least_f32, torch_dense
+from trdetr_jax.model.layers import Dtype, torch_dense
+from trdetr_jax.precision import at_least_f32
 
 
 def mask_logits(logits: jax.Array, mask: jax.Array) -> jax.Array:
