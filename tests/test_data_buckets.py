@@ -229,10 +229,13 @@ def test_tvsum_shaped_run_logs_its_buckets(tmp_path):
     ds, _ = data.build_datasets(config)
     assert ds.buckets.video[-2:] == (32, 100) and ds.buckets.text == (8,)
     counts = data.bucket_counts(ds, 4, epoch=0, seed=config.seed)
-    line = f"length buckets: {ds.buckets.describe()}; " + ", ".join(
-        f"{n} at {v}x{t}" for (v, t), n in counts.items()
+    per_bucket = ", ".join(f"{n} at {v}x{t}" for (v, t), n in counts.items())
+    (line,) = [x for x in log.splitlines() if "length buckets:" in x]
+    assert line.endswith(
+        f"length buckets: {ds.buckets.describe()}; "
+        f"train batches per bucket (video x text) in epoch 1: {per_bucket}"
     )
-    assert line in log and "100x" not in line  # no batch padded to max_v_l
+    assert "100x" not in per_bucket  # no training batch padded to max_v_l
     assert "train step for video length" in log and "eval step for video length" in log
 
 

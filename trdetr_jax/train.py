@@ -504,7 +504,7 @@ def log_buckets(log, train_ds, batch_size: int, seed: int) -> None:
 
     counts = data_lib.bucket_counts(train_ds, batch_size, epoch=0, seed=seed)
     log.info(
-        "length buckets: %s; %s train batches per bucket (video, text) in epoch 1",
+        "length buckets: %s; train batches per bucket (video x text) in epoch 1: %s",
         train_ds.buckets.describe(),
         ", ".join(f"{n} at {v}x{t}" for (v, t), n in counts.items()),
     )
