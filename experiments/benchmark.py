@@ -8,15 +8,25 @@ Uses the real model, losses (host matcher included) and optimiser of the QVHighl
 config (hidden 256, 2 encoder / 2 decoder layers, FFN 1024, 10 queries) on synthetic
 batches with valid targets, through the same jitted, sharded step as training. Prints one
 JSON line: compile time, steps/s, examples/s, peak memory. Not a test: nothing is asserted.
+
+With ``--config`` the batches come from the data pipeline instead, on generated features of
+the dataset's length distribution (TVSum: 50-320 clips; Charades: 10-190 s videos at the
+config's clip length; QVHighlights: mostly 75 clips), and the step is timed twice, padding
+to the length buckets and to the maxima, one JSON line each::
+
+    python experiments/benchmark.py --config configs/tvsum_i3d.py --steps 8
+    python experiments/benchmark.py --config configs/charades_i3d.py --steps 8
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import pathlib
 import resource
 import sys
+import tempfile
 import time
 
 import jax
@@ -25,8 +35,10 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from trdetr_jax import data as data_lib  # noqa: E402
 from trdetr_jax import train  # noqa: E402
 from trdetr_jax.config import get_base_config  # noqa: E402
+from trdetr_jax.data import synthetic  # noqa: E402
 from trdetr_jax.model import TRDETR, model_kwargs_from_config  # noqa: E402
 
 
@@ -77,9 +89,107 @@ def peak_memory_bytes() -> dict[str, int | None]:
     return {"device_peak_bytes": stats.get("peak_bytes_in_use"), "host_peak_rss_bytes": host}
 
 
+def load_config(arg: str):
+    """``configs/x.py[:options]`` -> its ``get_config(options)``."""
+    path, _, opts = arg.partition(":")
+    spec = importlib.util.spec_from_file_location("benchmark_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(opts or None)
+
+
+def example_lengths(config, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Per-example clips and tokens as the config's dataset has them (approximately)."""
+    d = config.data
+    if d.dataset == "tvsum":
+        video = rng.integers(50, 321, n)  # TVSum videos: ~50-320 clips
+    elif d.dataset == "charades":
+        video = np.ceil(rng.uniform(10, 190, n) / d.clip_length).astype(int)  # 10-190 s
+    else:  # QVHighlights: 150 s videos (75 clips of 2 s), a few shorter
+        video = np.where(rng.random(n) < 0.9, 75, rng.integers(30, 76, n))
+    text = rng.integers(4, 21, n)  # queries of 4-20 tokens
+    return np.minimum(video, d.max_v_l), np.minimum(text, d.max_q_l)
+
+
+def bench_config(args) -> None:
+    """Step time on pipeline batches of generated data, with and without length buckets."""
+    base = load_config(args.config)
+    base.model.dtype = args.dtype
+    batch_size = args.batch_size or base.train.batch_size
+    base.train.batch_size = batch_size
+    devices = jax.devices()[: args.devices] if args.devices else jax.devices()
+    mesh = train.make_mesh(devices)
+    train.check_batch_size(batch_size, mesh, "--batch-size")
+    rng = np.random.default_rng(0)
+    video, text = example_lengths(base, args.examples, rng)
+    with tempfile.TemporaryDirectory() as root:
+        base = synthetic.write_dataset(base, root, video, text, num_eval=1)
+        for buckets in (True, False):
+            config = base.copy_and_resolve_references()
+            config.data.length_buckets = buckets
+            config.data.preload = True
+            print(json.dumps(time_pipeline(config, mesh, batch_size, args)), flush=True)
+
+
+def time_pipeline(config, mesh, batch_size: int, args) -> dict:
+    config, train_ds, _ = train.load_datasets(config)
+    n_steps = train.steps_per_epoch(train_ds, batch_size)
+    steps = train.run_steps(config, mesh, n_steps, train.abstract_batch(train_ds, batch_size))
+    host = list(train.train_batches(train_ds, batch_size, seed=config.seed, epoch=0, start_step=0))
+    host = [host[i % len(host)] for i in range(args.steps)]
+    batches = [train.device_batch(b, steps.data) for b in host]
+    state = steps.init(jax.random.key(0))
+    dropout_rng = jax.random.key(1)
+    t0 = time.perf_counter()
+    shapes = {}
+    for b in batches:  # compile every bucket shape once, untimed
+        shape = (b["src_vid"].shape[1], b["src_txt"].shape[1])
+        if shape not in shapes:
+            state, metrics = steps.train(state, b, dropout_rng)
+            jax.block_until_ready(metrics)
+            shapes[shape] = 0
+        shapes[shape] += 1
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for b in batches:
+        state, metrics = steps.train(state, b, dropout_rng)
+    jax.block_until_ready((state, metrics))
+    elapsed = time.perf_counter() - t0
+    devices = mesh.devices.flat
+    first = next(iter(devices))
+    return {
+        "config": args.config,
+        "length_buckets": bool(config.data.length_buckets),
+        "device": f"{first.platform}:{first.device_kind}",
+        "num_devices": mesh.devices.size,
+        "batch_size": batch_size,
+        "max_v_l": config.data.max_v_l,
+        "max_q_l": config.data.max_q_l,
+        "video_buckets": list(train_ds.buckets.video),
+        "text_buckets": list(train_ds.buckets.text),
+        "timed_batches_per_shape": {f"{v}x{t}": n for (v, t), n in sorted(shapes.items())},
+        "train_batches_per_bucket": {
+            f"{v}x{t}": n
+            for (v, t), n in data_lib.bucket_counts(
+                train_ds, batch_size, epoch=0, seed=config.seed
+            ).items()
+        },
+        "mean_padded_video_len": float(np.mean([b["src_vid"].shape[1] for b in host])),
+        "mean_official_video_len": float(np.mean([b["official_vid_len"][0] for b in host])),
+        "compile_s": round(compile_s, 2),
+        "steps": args.steps,
+        "step_s": round(elapsed / args.steps, 4),
+        "examples_per_s": round(args.steps * batch_size / elapsed, 1),
+        **peak_memory_bytes(),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--batch-size", type=int, default=32, help="global batch")
+    p.add_argument("--batch-size", type=int, default=None, help="global batch (default 32, "
+                   "or the config's)")  # fmt: skip
+    p.add_argument("--config", default=None, help="a configs/*.py[:opts]: time pipeline batches")
+    p.add_argument("--examples", type=int, default=48, help="generated examples (--config)")
     p.add_argument("--steps", type=int, default=20, help="timed steps (after warm-up)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
     p.add_argument("--devices", type=int, default=None, help="use the first N devices")
@@ -90,6 +200,9 @@ def main() -> None:
     args = p.parse_args()
     if args.cpu_devices:
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)  # before any backend use
+    if args.config:
+        return bench_config(args)
+    args.batch_size = args.batch_size or 32
 
     config = get_base_config()  # QVHighlights SF+CLIP schedule and model
     config.model.dtype = args.dtype

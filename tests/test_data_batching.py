@@ -17,8 +17,8 @@ def datasets(tmp_path):
     return data.build_datasets(qvh_config(tmp_path))
 
 
-def _epoch(ds, epoch, batch_size=2, **kw):
-    return list(ds.iter_batches(epoch=epoch, batch_size=batch_size, train=True, **kw))
+def _epoch(ds, epoch, batch_size=2, start=0, **kw):
+    return list(data.train_batches(ds, batch_size, epoch=epoch, start_step=start, **kw))
 
 
 def _same(a, b):
@@ -32,7 +32,7 @@ def _same(a, b):
 def test_train_batch_shapes_and_dtypes(datasets):
     train, _ = datasets
     batches = _epoch(train, 0, batch_size=3)
-    assert len(batches) == train.num_batches(3) == 2  # 7 examples: remainder dropped
+    assert len(batches) == data.steps_per_epoch(len(train), 3) == 2  # 7 examples: remainder dropped
     batch, metas = batches[0]
     shapes = {k: v.shape for k, v in batch.items()}
     assert shapes == {
@@ -47,6 +47,8 @@ def test_train_batch_shapes_and_dtypes(datasets):
         "saliency_all_labels": (3, 10),
         "src_pos_mask": (3, 10),
         "example_mask": (3,),
+        "official_vid_len": (3,),
+        "official_txt_len": (3,),
     }
     assert batch["saliency_pos_labels"].dtype == np.int32
     assert all(v.dtype in (np.float32, np.int32) for v in batch.values())
@@ -115,14 +117,14 @@ def test_split_smaller_than_a_batch_wraps_around(tmp_path):
 
 def test_eval_pads_the_last_batch_with_masked_rows(datasets):
     _, ev = datasets
-    batches = list(ev.iter_batches(epoch=0, batch_size=3, train=False))
-    assert len(batches) == ev.num_batches(3, train=False) == 3
+    batches = list(data.eval_batches(ev, 3))
+    assert len(batches) == data.num_eval_batches(len(ev), 3) == 3
     qids = [m["qid"] for _, ms in batches for m in ms]
     assert qids == list(range(7))  # file order, every example once
     last, metas = batches[-1]
     assert last["example_mask"].tolist() == [1, 0, 0] and len(metas) == 1
     assert last["src_vid"].shape[0] == 3 and last["src_vid_mask"][1:].sum() > 0  # real copies
-    assert ev.example_batch(3)["src_vid"].shape == last["src_vid"].shape
+    assert data.batch_shapes(ev, 3)["src_vid"][0] == last["src_vid"].shape
 
 
 def test_prefetch_runs_ahead_and_applies_put(datasets):
@@ -134,7 +136,7 @@ def test_prefetch_runs_ahead_and_applies_put(datasets):
         return {k: v + 0 for k, v in batch.items()}
 
     direct = _epoch(train, 3)
-    prefetched = list(data.prefetch(train.iter_batches(epoch=3, batch_size=2, train=True), put))
+    prefetched = list(data.prefetch(data.train_batches(train, 2, epoch=3), put))
     _same(direct, prefetched)
     assert seen_threads == {"trdetr-prefetch"}
 

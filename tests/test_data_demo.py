@@ -56,8 +56,9 @@ def test_demo_config_resolves_and_reads_in_the_qvh_layout(tmp_path):
         assert ids == list(range(int(st // 2), int(ed // 2)))
         sums = [sum(s) for s in row["saliency_scores"]]
         assert sums[len(sums) // 2] >= max(sums[0], sums[-1])  # highest near the centre
-    batch, _ = next(iter(train.iter_batches(epoch=0, batch_size=4, train=True)))
-    assert batch["src_vid"].shape == (4, 32, 66) and batch["src_txt"].shape == (4, 12, 32)
+    batch, _ = next(iter(data.train_batches(train, 4, epoch=0)))
+    lv, lt = train.buckets.pick(batch["official_vid_len"][0], batch["official_txt_len"][0])
+    assert batch["src_vid"].shape == (4, lv, 66) and batch["src_txt"].shape == (4, lt, 32)
 
 
 @pytest.mark.parametrize("noise", [0.5, 1.0])

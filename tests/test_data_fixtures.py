@@ -55,7 +55,7 @@ def _write_qvh(case_dir, root, dims, ctx, clip_extra, raw_txt):
 
 def _batch(config, batch_size):
     _, eval_ds = data.build_datasets(config)
-    batches = list(eval_ds.iter_batches(epoch=0, batch_size=batch_size, train=False))
+    batches = list(data.eval_batches(eval_ds, batch_size))
     assert len(batches) == 1
     return batches[0]
 

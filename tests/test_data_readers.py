@@ -65,6 +65,7 @@ def qvh_config(root, **data_overrides):
     d.train_path, d.eval_path = str(root / "train.jsonl"), str(root / "val.jsonl")
     d.v_feat_dims, d.t_feat_dim = (SF, CLIP), TXT
     d.max_v_l, d.max_q_l = 10, 6
+    d.length_buckets = False  # pad to the maxima (the shapes these tests check)
     for k, v in data_overrides.items():
         setattr(d, k, v)
     return config
@@ -138,7 +139,7 @@ def _l2(x):
 
 def _first_eval_batch(config, batch_size=2):
     _, ev = data.build_datasets(config)
-    return next(iter(ev.iter_batches(epoch=0, batch_size=batch_size, train=False)))
+    return next(iter(data.eval_batches(ev, batch_size)))
 
 
 # ------------------------------------------------------------------------------ readers
@@ -198,8 +199,8 @@ def test_charades_i3d_reader_labels_from_window(tmp_path):
     d.v_feat_dirs, d.v_feat_dims, d.v_feat_format = ("i3d_features",), (8,), "npy"
     d.t_feat_dim, d.clip_length, d.max_v_l = TXT, 0.5, 16
     train, _ = data.build_datasets(config)
-    batch, _ = next(iter(train.iter_batches(epoch=0, batch_size=2, train=True)))
-    assert batch["src_vid"].shape == (2, 16, 10)
+    batch, _ = next(iter(data.train_batches(train, 2, epoch=0)))
+    assert batch["src_vid"].shape == (2, 12, 10)  # the bucket of the longest video, not 16
     # [1.2, 3.1] s at 0.5 s per clip -> clips 2..5; span normalised by n * 0.5 s.
     for b in range(2):
         n = int(batch["src_vid_mask"][b].sum())
@@ -217,7 +218,7 @@ def test_tvsum_reader(tmp_path, audio):
     rows = write_tvsum(tmp_path, audio=audio)
     train, ev = data.build_datasets(tvsum_config(tmp_path, "BK", audio))
     assert len(train) == 1 and train.rows[0]["domain"] == "BK"  # one domain only
-    batch, _ = next(iter(ev.iter_batches(epoch=0, batch_size=1, train=False)))
+    batch, _ = next(iter(data.eval_batches(ev, 1)))
     rgb = np.load(tmp_path / "video_features" / "t0_rgb.npy").astype(np.float32)
     opt = np.load(tmp_path / "video_features" / "t0_opt.npy").astype(np.float32)
     n = 8 if audio else 9  # audio is one row shorter: everything is cut to it
@@ -260,7 +261,7 @@ def test_preload_caches_and_can_be_off(tmp_path):
 def _build(config):
     train, ev = data.build_datasets(config)
     for ds in (train, ev):
-        for _ in ds.iter_batches(epoch=0, batch_size=2, train=False):
+        for _ in data.eval_batches(ds, 2):
             pass
 
 

@@ -57,6 +57,14 @@ def get_base_config() -> config_dict.ConfigDict:
     data.max_v_l = 75
     data.max_q_l = 32
     data.max_windows = 5
+    # Pad each batch to the smallest length bucket holding its longest video / query (False: to max_v_l / max_q_l).
+    data.length_buckets = True
+    # Video / text buckets chosen from the training split's lengths (at most this many, the last max_v_l / max_q_l).
+    data.num_video_buckets = 4
+    data.num_text_buckets = 2
+    # Explicit ascending bucket lengths instead of the chosen ones (max_v_l / max_q_l is added as the last).
+    data.video_buckets = ()
+    data.text_buckets = ()
     # What to do with a video longer than max_v_l: 'truncate' (warn once) or 'error'.
     data.on_long_video = "truncate"
     # Odd but usable annotation rows (a window starting before 0 or ending after the
@@ -158,6 +166,8 @@ def get_base_config() -> config_dict.ConfigDict:
     train.num_epochs = 200
     train.batch_size = 32
     train.eval_every_epochs = 5
+    # Evaluation batch: official eval_bsz (100 for every dataset), in file order; official-mode
+    # predictions depend on it (each batch is padded to its own longest video and query).
     train.eval_batch_size = 100
     # Log train metrics every N steps; save the latest checkpoint every N steps.
     train.log_every_steps = 50

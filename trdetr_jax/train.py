@@ -552,7 +552,16 @@ def steps_per_epoch(train_ds, batch_size: int) -> int:
     return data_lib.steps_per_epoch(len(train_ds), batch_size)
 
 
-def train_batches(train_ds, batch_size: int, *, seed: int, epoch: int, start_step: int):
+def train_batches(
+    train_ds,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    start_step: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+):
     """This process's rows of each global training batch of ``epoch``, from ``start_step``."""
     from trdetr_jax import data as data_lib
 
@@ -562,34 +571,80 @@ def train_batches(train_ds, batch_size: int, *, seed: int, epoch: int, start_ste
         seed=seed,
         epoch=epoch,
         start_step=start_step,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
+        process_index=jax.process_index() if process_index is None else process_index,
+        process_count=jax.process_count() if process_count is None else process_count,
     ):
         yield batch
 
 
-def eval_batches(eval_ds, batch_size: int):
-    """``(local batch, metas of the real examples of the global batch)`` in file order."""
+def eval_batches(
+    eval_ds,
+    batch_size: int,
+    *,
+    pad_to: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+):
+    """``(local batch, metas of the real examples of the global batch)`` in file order.
+
+    ``batch_size`` examples a batch (``config.train.eval_batch_size``, the official
+    ``eval_bsz``), each batch ``pad_to`` rows (a multiple of the device count).
+    """
     from trdetr_jax import data as data_lib
 
+    process_count = jax.process_count() if process_count is None else process_count
     n = len(eval_ds)
     for b, (batch, metas) in enumerate(
         data_lib.eval_batches(
             eval_ds,
             batch_size,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
+            pad_to=pad_to,
+            process_index=jax.process_index() if process_index is None else process_index,
+            process_count=process_count,
         )
     ):
-        if jax.process_count() > 1:  # each process sees its rows only; outputs are gathered
+        if process_count > 1:  # each process sees its rows only; outputs are gathered
             metas = eval_ds.metas[b * batch_size : min((b + 1) * batch_size, n)]
         yield batch, metas
 
 
 def abstract_batch(ds, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-    """Global shapes / dtypes of a batch (from one local evaluation batch)."""
-    local, _ = next(iter(eval_batches(ds, batch_size // jax.process_count())))
-    return {k: jax.ShapeDtypeStruct((batch_size, *v.shape[1:]), v.dtype) for k, v in local.items()}
+    """Global shapes / dtypes of a ``batch_size``-row batch at the largest length buckets
+    (parameter shapes do not depend on the lengths; the steps compile per bucket)."""
+    from trdetr_jax import data as data_lib
+
+    return {
+        k: jax.ShapeDtypeStruct(shape, dtype)
+        for k, (shape, dtype) in data_lib.batch_shapes(ds, batch_size).items()
+    }
+
+
+def log_new_shapes(fn, what: str, info):
+    """``fn(x, batch, ...)`` that reports, once per padded (video, text) length, that jit
+    compiles ``what`` for it (an earlier run in this process may have compiled it)."""
+    seen: set[tuple[int, int]] = set()
+
+    @functools.wraps(fn)
+    def wrapped(first, batch, *args):
+        shape = (batch["src_vid"].shape[1], batch["src_txt"].shape[1])
+        if shape not in seen:
+            seen.add(shape)
+            info("%s for video length %d, text length %d (compiled once per bucket)", what, *shape)
+        return fn(first, batch, *args)
+
+    return wrapped
+
+
+def log_buckets(log, train_ds, batch_size: int, seed: int) -> None:
+    """The run's length buckets and how the first epoch's batches fall into them."""
+    from trdetr_jax import data as data_lib
+
+    counts = data_lib.bucket_counts(train_ds, batch_size, epoch=0, seed=seed)
+    log.info(
+        "length buckets: %s; train batches per bucket (video x text) in epoch 1: %s",
+        train_ds.buckets.describe(),
+        ", ".join(f"{n} at {v}x{t}" for (v, t), n in counts.items()),
+    )
 
 
 def prefetch_to_devices(batches: Iterable[Any], sharding: NamedSharding, depth: int):
@@ -646,8 +701,11 @@ def predict_split(
     # Without matching (TVSum) the span heads are untrained: saliency only.
     windows = bool(config.loss.use_matcher)
     rows: list[dict[str, Any]] = []
+    examples = min(config.train.eval_batch_size, batch_size)  # batch_size: rows, rounded up
     for batch, metas in prefetch_to_devices(
-        eval_batches(eval_ds, batch_size), data_sharding, config.data.prefetch_depth
+        eval_batches(eval_ds, examples, pad_to=batch_size),
+        data_sharding,
+        config.data.prefetch_depth,
     ):
         out = to_host(eval_fn(params, batch))
         n = len(metas)  # padding rows (example_mask 0) come last
@@ -746,6 +804,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     log = runlog.RunLog(workdir_path, None if restored is None else restored[0])
     for line in damaged:
         log.info("%s", line, console=False)  # already shown as warnings
+    log_buckets(log, train_ds, tcfg.batch_size, config.seed)
+    steps = dataclasses.replace(
+        steps,
+        train=log_new_shapes(steps.train, "train step", log.info),
+        eval=log_new_shapes(steps.eval, "eval step", log.info),
+    )
     if restored is None:
         state = steps.init(init_rng)
         loop = checkpointing.LoopState(seed=config.seed)

@@ -1,21 +1,26 @@
-"""Data pipeline: official on-disk layouts -> fixed-shape numpy batches.
+"""Data pipeline: official on-disk layouts -> length-bucketed numpy batches.
 
 Typical use (the trainer)::
 
     from trdetr_jax import data
-    train_ds, eval_ds = data.build_datasets(config)  # demo generated; annotations validated
-    steps = train_ds.num_batches(config.train.batch_size)  # full batches per epoch
-    batches = train_ds.iter_batches(epoch=e, batch_size=B, train=True, start=s)
+    train_ds, eval_ds = data.build_datasets(config)  # demo generated; buckets chosen
+    steps = data.steps_per_epoch(len(train_ds), B)  # full batches per epoch
+    batches = data.train_batches(train_ds, B, epoch=e, start_step=s)
     for batch, metas in data.prefetch(batches, put=put_on_devices, depth=2):
         ...
-    for batch, metas in eval_ds.iter_batches(epoch=0, batch_size=B, train=False):
-        ...  # batch['example_mask'] is 0 on the rows that pad the last batch
+    for batch, metas in data.eval_batches(eval_ds, eval_bsz, pad_to=rows):
+        ...  # batch['example_mask'] is 0 on the rows that only pad the batch
     gt = eval_ds.gt_rows()
 
-``data.resolve_config(config)`` gives the config with the demo's generated paths filled in.
+Batches are padded to the dataset's length buckets (``train_ds.buckets``) and carry the
+official padded lengths (``official_vid_len`` / ``official_txt_len``); see
+:mod:`trdetr_jax.data.batching`. ``data.resolve_config(config)`` gives the config with the
+demo's generated paths filled in.
 """
 
 from trdetr_jax.data.batching import (
+    batch_shapes,
+    bucket_counts,
     collate,
     epoch_order,
     eval_batches,
@@ -24,6 +29,7 @@ from trdetr_jax.data.batching import (
     steps_per_epoch,
     train_batches,
 )
+from trdetr_jax.data.buckets import Buckets
 from trdetr_jax.data.dataset import (
     MomentDataset,
     build_datasets,
@@ -37,8 +43,11 @@ from trdetr_jax.data.features import input_dims, l2_normalize, temporal_endpoint
 from trdetr_jax.data.prefetch import prefetch
 
 __all__ = [
+    "Buckets",
     "DataError",
     "MomentDataset",
+    "batch_shapes",
+    "bucket_counts",
     "build_datasets",
     "build_eval_dataset",
     "collate",

@@ -1,14 +1,18 @@
-"""Padding examples to fixed shapes and iterating epochs deterministically.
+"""Padding examples to bucketed shapes and iterating epochs deterministically.
 
-Every batch is a dict of numpy arrays with static shapes (one compilation):
+Every batch is a dict of numpy arrays; ``Lv`` / ``Lq`` are the dataset's length buckets
+that hold the global batch's longest video / query (:mod:`trdetr_jax.data.buckets`;
+``max_v_l`` / ``max_q_l`` with buckets off), so there is one compilation per bucket pair:
 
-    src_txt [B, max_q_l, Dt] f32, src_txt_mask [B, max_q_l] f32 (1 = valid)
-    src_vid [B, max_v_l, Dv] f32, src_vid_mask [B, max_v_l] f32
-    src_aud [B, max_v_l, Da] f32 (only with audio; same mask as the video)
+    src_txt [B, Lq, Dt] f32, src_txt_mask [B, Lq] f32 (1 = valid)
+    src_vid [B, Lv, Dv] f32, src_vid_mask [B, Lv] f32
+    src_aud [B, Lv, Da] f32 (only with audio; same mask as the video)
     span_labels [B, max_windows, 2] f32 (center, width), span_mask [B, max_windows] f32
     saliency_pos_labels, saliency_neg_labels [B, P] int32
-    saliency_all_labels [B, max_v_l] f32, src_pos_mask [B, max_v_l] f32
-    example_mask [B] f32 (0 for rows that only fill the last evaluation batch)
+    saliency_all_labels [B, Lv] f32, src_pos_mask [B, Lv] f32
+    example_mask [B] f32 (0 for rows that only fill an evaluation batch)
+    official_vid_len, official_txt_len [B] int32: on every row the longest video / query
+        among the real rows of the global batch (what the official collate pads it to)
 
 and travels with ``metas``: the annotation rows of the real (``example_mask = 1``) rows, in
 order. Randomness is seeded, never global: the epoch order comes from
@@ -20,14 +24,11 @@ step sees the same batches.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from trdetr_jax.data.dataset import MomentDataset
 from trdetr_jax.data.errors import DataError
-
-if TYPE_CHECKING:
-    from trdetr_jax.data.dataset import MomentDataset
 
 Batch = tuple[dict[str, np.ndarray], list[dict]]
 
@@ -109,16 +110,37 @@ def _local_slice(batch_size: int, process_index: int, process_count: int) -> sli
     return slice(process_index * per, (process_index + 1) * per)
 
 
-def _make(dataset: MomentDataset, indices, rngs, mask) -> Batch:
-    examples = [dataset.example(int(i), rng) for i, rng in zip(indices, rngs)]
+def _make(dataset: MomentDataset, global_idx, rngs, mask, local: slice) -> Batch:
+    """This process's rows ``local`` of the global batch of examples ``global_idx``.
+
+    Shapes and official lengths come from every row's header lengths, so each process
+    agrees on them while loading only its own rows.
+    """
+    lengths = np.asarray([dataset.lengths(int(i)) for i in global_idx], np.int64)  # [B, 2]
+    real = lengths[np.asarray(mask) > 0]
+    official_v, official_t = (int(x) for x in real.max(0))
+    pad_v, pad_t = dataset.buckets.pick(*(int(x) for x in lengths.max(0)))
+    idx, mask = global_idx[local], np.asarray(mask, np.float32)[local]
+    examples = []
+    for i, rng, (lv, lt) in zip(idx, rngs[local], lengths[local]):
+        ex = dataset.example(int(i), rng)
+        if (len(ex["video"]), len(ex["text"])) != (lv, lt):
+            row = dataset.rows[int(i)]
+            raise DataError(
+                f"vid {row['vid']!r} / qid {row['qid']!r}: loaded lengths "
+                f"{len(ex['video'])}/{len(ex['text'])}, file headers say {lv}/{lt}"
+            )
+        examples.append(ex)
     batch = collate(
         examples,
-        max_v_l=dataset.max_v_l,
-        max_q_l=dataset.max_q_l,
+        max_v_l=pad_v,
+        max_q_l=pad_t,
         max_windows=dataset.max_windows,
         example_mask=mask,
     )
-    metas = [dataset.rows[int(i)] for i, m in zip(indices, mask) if m > 0]
+    batch["official_vid_len"] = np.full(len(idx), official_v, np.int32)
+    batch["official_txt_len"] = np.full(len(idx), official_t, np.int32)
+    metas = [dataset.rows[int(i)] for i, m in zip(idx, mask) if m > 0]
     return batch, metas
 
 
@@ -126,8 +148,8 @@ def train_batches(
     dataset: MomentDataset,
     batch_size: int,
     *,
-    seed: int,
     epoch: int,
+    seed: int | None = None,
     start_step: int = 0,
     process_index: int = 0,
     process_count: int = 1,
@@ -136,16 +158,18 @@ def train_batches(
 
     ``batch_size`` is global; each process gets its contiguous share of every batch. A
     split smaller than one batch is completed by repeating examples (wrap-around).
+    ``seed`` defaults to the dataset's.
     """
+    seed = dataset.seed if seed is None else seed
     local = _local_slice(batch_size, process_index, process_count)
     n = len(dataset)
     order = epoch_order(n, seed, epoch)
     if n < batch_size:
         order = np.resize(order, batch_size)  # wrap around
     for step in range(start_step, steps_per_epoch(n, batch_size)):
-        idx = order[step * batch_size : (step + 1) * batch_size][local]
-        rngs = [example_rng(seed, epoch, i) for i in idx]
-        yield _make(dataset, idx, rngs, np.ones(len(idx), np.float32))
+        idx = order[step * batch_size : (step + 1) * batch_size]
+        rngs = np.asarray([example_rng(seed, epoch, i) for i in idx], dtype=object)
+        yield _make(dataset, idx, rngs, np.ones(len(idx), np.float32), local)
 
 
 def num_eval_batches(num_examples: int, batch_size: int) -> int:
@@ -156,18 +180,61 @@ def eval_batches(
     dataset: MomentDataset,
     batch_size: int,
     *,
-    seed: int = 0,
+    pad_to: int | None = None,
+    seed: int | None = None,
     process_index: int = 0,
     process_count: int = 1,
 ) -> Iterator[Batch]:
-    """Every example once, in file order; the last batch is filled with copies of the last
-    example whose ``example_mask`` is 0 (their metas are left out)."""
-    local = _local_slice(batch_size, process_index, process_count)
+    """Every example once, in file order, ``batch_size`` examples a batch (the official
+    ``eval_bsz``: the official lengths are those of these groups).
+
+    Each batch has ``pad_to`` rows (default ``batch_size``; more when the device count asks
+    for a multiple): the rows after its real examples, and those completing the last batch,
+    are copies of its last real example with ``example_mask`` 0 (their metas are left out;
+    they change neither the official lengths nor the bucket). ``seed`` defaults to the
+    dataset's.
+    """
+    seed = dataset.seed if seed is None else seed
+    pad_to = batch_size if pad_to is None else pad_to
+    if pad_to < batch_size:
+        raise ValueError(f"pad_to={pad_to} is smaller than batch_size={batch_size}")
+    local = _local_slice(pad_to, process_index, process_count)
     n = len(dataset)
     for b in range(num_eval_batches(n, batch_size)):
-        idx = np.arange(b * batch_size, (b + 1) * batch_size)
-        mask = (idx < n).astype(np.float32)
-        idx = np.minimum(idx, n - 1)
-        idx, mask = idx[local], mask[local]
-        rngs = [np.random.default_rng([_seed(seed), 2, int(i)]) for i in idx]
-        yield _make(dataset, idx, rngs, mask)
+        real = np.arange(b * batch_size, min((b + 1) * batch_size, n))
+        idx = np.concatenate([real, np.full(pad_to - len(real), real[-1])])
+        mask = (np.arange(pad_to) < len(real)).astype(np.float32)
+        rngs = np.asarray([np.random.default_rng([_seed(seed), 2, int(i)]) for i in idx], object)
+        yield _make(dataset, idx, rngs, mask, local)
+
+
+def batch_shapes(dataset: MomentDataset, batch_size: int) -> dict[str, tuple[tuple, np.dtype]]:
+    """``{key: (shape, dtype)}`` of a global batch of ``batch_size`` rows padded to the
+    largest buckets (``max_v_l`` / ``max_q_l``); from one example, whatever the process."""
+    ex = dataset.example(0, np.random.default_rng(0))
+    one = collate(
+        [ex],
+        max_v_l=dataset.buckets.video[-1],
+        max_q_l=dataset.buckets.text[-1],
+        max_windows=dataset.max_windows,
+    )
+    one["official_vid_len"] = one["official_txt_len"] = np.zeros(1, np.int32)
+    return {k: ((batch_size, *v.shape[1:]), v.dtype) for k, v in one.items()}
+
+
+def bucket_counts(
+    dataset: MomentDataset, batch_size: int, *, epoch: int, seed: int | None = None
+) -> dict[tuple[int, int], int]:
+    """``{(video bucket, text bucket): batches}`` of training epoch ``epoch`` (headers only)."""
+    seed = dataset.seed if seed is None else seed
+    n = len(dataset)
+    order = epoch_order(n, seed, epoch)
+    if n < batch_size:
+        order = np.resize(order, batch_size)
+    counts: dict[tuple[int, int], int] = {}
+    for step in range(steps_per_epoch(n, batch_size)):
+        idx = order[step * batch_size : (step + 1) * batch_size]
+        lengths = np.asarray([dataset.lengths(int(i)) for i in idx], np.int64)
+        key = dataset.buckets.pick(*(int(x) for x in lengths.max(0)))
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))

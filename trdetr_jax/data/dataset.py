@@ -17,7 +17,8 @@ import numpy as np
 from ml_collections import config_dict
 
 from trdetr_jax.data import annotations as ann
-from trdetr_jax.data import batching, checks, features, targets
+from trdetr_jax.data import buckets as buckets_lib
+from trdetr_jax.data import checks, features, targets
 from trdetr_jax.data.errors import DataError
 
 
@@ -47,6 +48,8 @@ class MomentDataset:
         # Saliency pairs per example: [hard, easy] (QVH), two sampled (Charades), hard (TVSum).
         self.num_pairs = 1 if layout == "tvsum" else 2
         self.has_audio = store.a_feat_dir is not None
+        # Padded lengths of its batches (see trdetr_jax.data.buckets); default: the maxima.
+        self.buckets = buckets_lib.no_buckets(max_v_l, max_q_l)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -63,35 +66,15 @@ class MomentDataset:
         """The annotation rows, as the evaluation metrics take them (ground truth)."""
         return [dict(r) for r in self.rows]
 
-    def num_batches(self, batch_size: int, train: bool = True) -> int:
-        """Steps per training epoch (full batches), or evaluation batches (last one padded)."""
-        if train:
-            return batching.steps_per_epoch(len(self), batch_size)
-        return batching.num_eval_batches(len(self), batch_size)
+    def lengths(self, index: int) -> tuple[int, int]:
+        """``(clips, tokens)`` of example ``index`` once loaded, from file headers alone."""
+        row = self.rows[index]
+        return self.store.lengths(row["vid"], row["qid"])
 
-    def iter_batches(
-        self,
-        epoch: int,
-        batch_size: int,
-        train: bool,
-        start: int = 0,
-        process_index: int = 0,
-        process_count: int = 1,
-    ):
-        """``(batch, metas)`` pairs: a training epoch from step ``start``, or the whole split
-        for evaluation (see :mod:`trdetr_jax.data.batching`)."""
-        shard = dict(process_index=process_index, process_count=process_count)
-        if train:
-            return batching.train_batches(
-                self, batch_size, seed=self.seed, epoch=epoch, start_step=start, **shard
-            )
-        if start:
-            raise ValueError("evaluation always starts at the first batch")
-        return batching.eval_batches(self, batch_size, seed=self.seed, **shard)
-
-    def example_batch(self, batch_size: int) -> dict[str, np.ndarray]:
-        """A batch with the shapes and dtypes every batch of this split has (for tracing)."""
-        return next(iter(batching.eval_batches(self, batch_size, seed=self.seed)))[0]
+    def all_lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-example video and text lengths ``[N]`` int64 (file headers alone)."""
+        pairs = np.asarray([self.lengths(i) for i in range(len(self))], np.int64).reshape(-1, 2)
+        return pairs[:, 0], pairs[:, 1]
 
     def example(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Unpadded arrays of example ``index``; ``rng`` draws its random saliency pairs."""
@@ -214,7 +197,8 @@ def build_datasets(config: config_dict.ConfigDict) -> tuple[MomentDataset, Momen
     The config is resolved first (:func:`resolve_config`: the demo is generated on first
     use). With ``config.data.preload`` the processed features stay in memory after their
     first read, unless a probe of a few files says they would not fit (then they are read
-    every time).
+    every time). Both splits pad to the length buckets chosen from the training split
+    (``config.data.length_buckets``, :mod:`trdetr_jax.data.buckets`).
     """
     data = resolve_config(config).data
     store = make_store(data)
@@ -222,17 +206,26 @@ def build_datasets(config: config_dict.ConfigDict) -> tuple[MomentDataset, Momen
     evaluation = make_dataset(data, "eval", store, seed=config.seed)
     checks.preflight(data, train, evaluation)  # every row and feature header, all at once
     _check_memory(store, train.rows + evaluation.rows)
+    train.buckets = evaluation.buckets = _buckets(data, train, config.train.batch_size)
     return train, evaluation
 
 
 def build_eval_dataset(config: config_dict.ConfigDict) -> MomentDataset:
-    """The evaluation split alone (prediction with a trained model)."""
+    """The evaluation split alone (prediction with a trained model); its buckets come from
+    its own lengths."""
     data = resolve_config(config).data
     store = make_store(data)
     evaluation = make_dataset(data, "eval", store, seed=config.seed)
     checks.preflight(data, None, evaluation)
     _check_memory(store, evaluation.rows)
+    evaluation.buckets = _buckets(data, evaluation, config.train.eval_batch_size)
     return evaluation
+
+
+def _buckets(data, ds: MomentDataset, batch_size: int) -> buckets_lib.Buckets:
+    if not data.length_buckets:
+        return buckets_lib.no_buckets(data.max_v_l, data.max_q_l)
+    return buckets_lib.from_config(data, *ds.all_lengths(), batch_size)
 
 
 def _check_memory(store: features.FeatureStore, rows: list[dict]) -> None:
