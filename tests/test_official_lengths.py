@@ -373,3 +373,27 @@ def test_fixed_mode_ignores_official_lengths():
     b = model.apply(params, **short, train=False)
     for k in ("pred_logits", "pred_spans", "saliency_scores", "src_vid_cls_ed"):
         np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_place_t2v_mask_wraps_around_the_official_batch_size():
+    """Rows that only fill a batch (the last evaluation batch) leave the real rows as the
+    official loader's smaller batch computes them, given ``official_batch_size``; without it
+    the T2V mask quirk wraps around the array's B and the real rows change."""
+    model = TRDETR(**TINY)
+    inputs = model_inputs(_batch(np.float32))
+    # Sample 0 padded in video and text (tokens 4, 5), sample 1's text full: officially, head
+    # 0 of sample 1 uses sample 0's (padded clip, padded token) pairs; wrapped around 5 rows
+    # it would use its own copy's, which hold none.
+    inputs["src_vid_mask"] = inputs["src_vid_mask"].copy()
+    inputs["src_vid_mask"][0, 9:] = 0
+    inputs["src_vid"] = inputs["src_vid"] * inputs["src_vid_mask"][..., None]
+    params = model.init(jax.random.key(0), **inputs, train=False)
+    # Fill to 5 rows with copies of the last one, as the evaluation batches do.
+    filled = {k: np.concatenate([v, np.repeat(v[-1:], 3, 0)]) for k, v in inputs.items()}
+    apply = jax.jit(lambda p, inp: model.apply(p, **inp, train=False))
+    ref = apply(params, inputs)
+    got = apply(params, dict(filled, official_batch_size=np.full((5,), B, np.int32)))
+    wrapped = apply(params, filled)
+    for k in ("pred_logits", "pred_spans", "saliency_scores"):
+        np.testing.assert_allclose(got[k][:B], ref[k], rtol=1e-6, atol=1e-6)
+    assert not np.allclose(wrapped["saliency_scores"][:B], ref["saliency_scores"], atol=1e-4)

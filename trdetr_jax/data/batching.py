@@ -13,6 +13,7 @@ that hold the global batch's longest video / query (:mod:`trdetr_jax.data.bucket
     example_mask [B] f32 (0 for rows that only fill an evaluation batch)
     official_vid_len, official_txt_len [B] int32: on every row the longest video / query
         among the real rows of the global batch (what the official collate pads it to)
+    official_batch_size [B] int32: on every row the number of real rows of the global batch
 
 and travels with ``metas``: the annotation rows of the real (``example_mask = 1``) rows, in
 order. Randomness is seeded, never global: the epoch order comes from
@@ -140,6 +141,8 @@ def _make(dataset: MomentDataset, global_idx, rngs, mask, local: slice) -> Batch
     )
     batch["official_vid_len"] = np.full(len(idx), official_v, np.int32)
     batch["official_txt_len"] = np.full(len(idx), official_t, np.int32)
+    # The official loader's batch: the real rows only (the T2V mask quirk wraps around it).
+    batch["official_batch_size"] = np.full(len(idx), len(real), np.int32)
     metas = [dataset.rows[int(i)] for i, m in zip(idx, mask) if m > 0]
     return batch, metas
 
@@ -218,7 +221,8 @@ def batch_shapes(dataset: MomentDataset, batch_size: int) -> dict[str, tuple[tup
         max_q_l=dataset.buckets.text[-1],
         max_windows=dataset.max_windows,
     )
-    one["official_vid_len"] = one["official_txt_len"] = np.zeros(1, np.int32)
+    for key in ("official_vid_len", "official_txt_len", "official_batch_size"):
+        one[key] = np.zeros(1, np.int32)
     return {k: ((batch_size, *v.shape[1:]), v.dtype) for k, v in one.items()}
 
 

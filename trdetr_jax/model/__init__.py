@@ -37,6 +37,7 @@ MODEL_INPUT_KEYS = (
     "src_aud",
     "official_vid_len",
     "official_txt_len",
+    "official_batch_size",
 )
 
 

@@ -7,8 +7,10 @@ position), then applies a hybrid-norm PReLU FFN:
 Official attention-mask quirk (``compat='official'``): besides the text key-padding mask,
 the official code forbids (padded clip, padded token) pairs through a per-(sample, head) mask
 laid out as ``head * B + sample`` but read as ``sample * H + head``; batch item b, head h
-therefore uses the pairs of sample ``(b * H + h) mod B``. Valid clips of b that are padding
-in that other sample cannot see tokens that are padding there. ``compat='fixed'`` uses the
+therefore uses the pairs of sample ``(b * H + h) mod B``, B the official batch size (the
+rows the official loader put in the batch: the last evaluation batch can be smaller than the
+array, whose extra rows only fill it). Valid clips of b that are padding in that other
+sample cannot see tokens that are padding there. ``compat='fixed'`` uses the
 aligned mask, which adds nothing to the key-padding mask.
 """
 
@@ -23,15 +25,23 @@ from trdetr_jax.model.encoder import feed_forward
 from trdetr_jax.model.layers import Dtype, layer_norm
 
 
-def t2v_attention_valid(vid_mask, txt_mask, nheads: int, compat: str) -> jax.Array:
-    """Boolean [B, H, Lv, Lt] (True = may attend) for the text-to-video attention."""
+def t2v_attention_valid(
+    vid_mask, txt_mask, nheads: int, compat: str, batch_size: jax.Array | None = None
+) -> jax.Array:
+    """Boolean [B, H, Lv, Lt] (True = may attend) for the text-to-video attention.
+
+    ``batch_size`` [B] int (every row the same): the official batch size of the quirk (see
+    the module docstring); None means the array's B.
+    """
     vid_mask, txt_mask = jnp.asarray(vid_mask), jnp.asarray(txt_mask)
     key_valid = (txt_mask > 0)[:, None, None, :]  # [B, 1, 1, Lt]
     if compat != "official":
         return key_valid
     b = vid_mask.shape[0]
+    n = jnp.full((b,), b, jnp.int32) if batch_size is None else jnp.asarray(batch_size, jnp.int32)
+    n = jnp.maximum(n, 1)[:, None]  # [B, 1]
     pad_pairs = (vid_mask <= 0)[:, :, None] & (txt_mask <= 0)[:, None, :]  # [B, Lv, Lt]
-    src = (jnp.arange(b)[:, None] * nheads + jnp.arange(nheads)[None, :]) % b  # [B, H]
+    src = (jnp.arange(b)[:, None] * nheads + jnp.arange(nheads)[None, :]) % n  # [B, H]
     return key_valid & ~pad_pairs[src]  # [B, H, Lv, Lt]
 
 
@@ -70,8 +80,10 @@ class T2VEncoder(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, vid, txt, pos_vid, pos_txt, vid_mask, txt_mask, *, train: bool):
-        valid = t2v_attention_valid(vid_mask, txt_mask, self.nheads, self.compat)
+    def __call__(
+        self, vid, txt, pos_vid, pos_txt, vid_mask, txt_mask, batch_size=None, *, train: bool
+    ):
+        valid = t2v_attention_valid(vid_mask, txt_mask, self.nheads, self.compat, batch_size)
         outs = []
         for i in range(self.num_layers):
             vid = T2VLayer(

@@ -110,13 +110,14 @@ class TextPositionEmbedding(nn.Module):
 
 class TRDETR(nn.Module):
     """TR-DETR. Call with (src_txt, src_txt_mask, src_vid, src_vid_mask, src_aud=None, *,
-    official_vid_len=None, official_txt_len=None, train).
+    official_vid_len=None, official_txt_len=None, official_batch_size=None, train).
 
     Masks are float, 1 = valid. ``official_vid_len`` / ``official_txt_len`` [B] int32 (every
     row the same value): the lengths the official collate would pad the batch to (its
     longest video / query); None means the array's length. Official mode reads them wherever
-    the official code depends on the padded length (see the module docstring); fixed mode
-    ignores them. ``compat``: 'official' reproduces the official code including
+    the official code depends on the padded length (see the module docstring);
+    ``official_batch_size`` [B] int32 (the batch's real rows, which the T2V mask quirk wraps
+    around; None: the array's B) likewise. Fixed mode ignores all three. ``compat``: 'official' reproduces the official code including
     its quirks; 'fixed' corrects them (see each module's docstring). Intermediates with the
     reference-fixture names are sown into the 'intermediates' collection when the caller asks
     for it (``mutable=['intermediates']``); see :func:`collect_intermediates`.
@@ -154,6 +155,7 @@ class TRDETR(nn.Module):
         *,
         official_vid_len=None,
         official_txt_len=None,
+        official_batch_size=None,
         train: bool = False,
     ) -> dict[str, Any]:
         if self.compat not in COMPAT_MODES:
@@ -221,7 +223,16 @@ class TRDETR(nn.Module):
         # 4. Text-to-video cross-attention.
         t2v_vid, t2v_layers = T2VEncoder(
             self.enc_layers, compat=self.compat, name="t2v_encoder", **tx
-        )(fused, txt, pos_vid, txt_pos, src_vid_mask, src_txt_mask, train=train)
+        )(
+            fused,
+            txt,
+            pos_vid,
+            txt_pos,
+            src_vid_mask,
+            src_txt_mask,
+            official_batch_size,
+            train=train,
+        )
         for i, out in enumerate(t2v_layers):
             sow(f"inter_t2v_layer{i}_out", jnp.concatenate([out, txt], axis=1))
         sow("inter_t2v_encoder_out", jnp.concatenate([t2v_vid, txt], axis=1))
