@@ -115,6 +115,8 @@ def bench_config(args) -> None:
     """Step time on pipeline batches of generated data, with and without length buckets."""
     base = load_config(args.config)
     base.model.dtype = args.dtype
+    base.model.matmul_precision = args.precision
+    base.train.matcher = args.matcher
     batch_size = args.batch_size or base.train.batch_size
     base.train.batch_size = batch_size
     devices = jax.devices()[: args.devices] if args.devices else jax.devices()
@@ -134,10 +136,10 @@ def bench_config(args) -> None:
 def time_pipeline(config, mesh, batch_size: int, args) -> dict:
     config, train_ds, _ = train.load_datasets(config)
     n_steps = train.steps_per_epoch(train_ds, batch_size)
-    steps = train.run_steps(config, mesh, n_steps, train.abstract_batch(train_ds, batch_size))
+    steps = train.cached_steps(config, mesh, n_steps, train.abstract_batch(train_ds, batch_size))
     host = list(train.train_batches(train_ds, batch_size, seed=config.seed, epoch=0, start_step=0))
     host = [host[i % len(host)] for i in range(args.steps)]
-    batches = [train.device_batch(b, steps.data) for b in host]
+    batches = [train.device_batch(b, steps.batch_sharding) for b in host]
     state = steps.init(jax.random.key(0))
     dropout_rng = jax.random.key(1)
     t0 = time.perf_counter()
@@ -194,6 +196,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
     p.add_argument("--devices", type=int, default=None, help="use the first N devices")
     p.add_argument("--dtype", default="float32", help="model compute dtype (bfloat16 ...)")
+    p.add_argument("--matcher", default="scipy", choices=("scipy", "device"), help="assignment")
+    p.add_argument("--precision", default="highest", help="config.model.matmul_precision")
+    p.add_argument("--eval", action="store_true", help="also time the eval forward (median ms)")
     p.add_argument(
         "--cpu-devices", type=int, default=None, help="split the CPU into N devices (data parallel)"
     )
@@ -206,6 +211,8 @@ def main() -> None:
 
     config = get_base_config()  # QVHighlights SF+CLIP schedule and model
     config.model.dtype = args.dtype
+    config.model.matmul_precision = args.precision
+    config.train.matcher = args.matcher
     devices = jax.devices()[: args.devices] if args.devices else jax.devices()
     mesh = train.make_mesh(devices)
     train.check_batch_size(args.batch_size, mesh, "--batch-size")
@@ -220,10 +227,11 @@ def main() -> None:
         train.make_loss_fn(config, mesh),
         train.lr_schedule(config, steps_per_epoch),
         shapes,
+        matmul_precision=args.precision,
     )
     state = steps.init(jax.random.key(0))
     dropout_rng = jax.random.key(1)
-    device_batches = [train.device_batch(b, steps.data) for b in batches]
+    device_batches = [train.device_batch(b, steps.batch_sharding) for b in batches]
 
     t0 = time.perf_counter()
     compiled = steps.train.lower(state, device_batches[0], dropout_rng).compile()
@@ -237,6 +245,16 @@ def main() -> None:
         state, metrics = compiled(state, device_batches[i % 4], dropout_rng)
     jax.block_until_ready((state, metrics))
     elapsed = time.perf_counter() - t0
+    eval_ms = None
+    if args.eval:  # the inference forward on the same batches, as the official --eval times it
+        forward = steps.eval.lower(state.params, device_batches[0]).compile()
+        times = []
+        for i in range(args.warmup + args.steps):
+            t1 = time.perf_counter()
+            jax.block_until_ready(forward(state.params, device_batches[i % 4]))
+            if i >= args.warmup:
+                times.append(1e3 * (time.perf_counter() - t1))
+        eval_ms = round(float(np.median(times)), 2)
 
     result = {
         "device": f"{devices[0].platform}:{devices[0].device_kind}",
@@ -246,12 +264,15 @@ def main() -> None:
         "max_q_l": config.data.max_q_l,
         "video_dim": batches[0]["src_vid"].shape[-1],
         "dtype": args.dtype,
+        "matcher": args.matcher,
+        "matmul_precision": args.precision,
         "params": int(sum(x.size for x in jax.tree.leaves(state.params))),
         "compile_s": round(compile_s, 2),
         "steps": args.steps,
         "steps_per_s": round(args.steps / elapsed, 3),
         "examples_per_s": round(args.steps * args.batch_size / elapsed, 1),
         "final_loss": float(metrics["loss"]),
+        "eval_forward_ms_median": eval_ms,
         **peak_memory_bytes(),
     }
     print(json.dumps(result))

@@ -49,7 +49,9 @@ def test_train_batch_shapes_and_dtypes(datasets):
         "example_mask": (3,),
         "official_vid_len": (3,),
         "official_txt_len": (3,),
+        "official_batch_size": (3,),
     }
+    assert batch["official_batch_size"].tolist() == [3, 3, 3]
     assert batch["saliency_pos_labels"].dtype == np.int32
     assert all(v.dtype in (np.float32, np.int32) for v in batch.values())
     assert batch["example_mask"].tolist() == [1, 1, 1] and len(metas) == 3

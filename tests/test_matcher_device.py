@@ -132,6 +132,7 @@ def test_unknown_solver_is_an_error():
         matcher.assign(jnp.zeros((1, 1, 2, 2)), jnp.ones((1, 2)), solver="gpu")
 
 
+@pytest.mark.slow  # slow: the fast suite stays under 10 minutes on 2 cores; CI runs -m slow too
 def test_train_objective_same_with_either_solver():
     """The loss and its gradient through ``config.train.matcher='device'`` equal scipy's."""
     from test_objective import _batch, _config

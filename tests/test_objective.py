@@ -108,6 +108,7 @@ def test_jit_grad_and_summation_order(setup):
     assert all(np.all(np.asarray(g) == 0) for g in jax.tree.leaves(grads["txt_position_embed"]))
 
 
+@pytest.mark.slow  # slow: the fast suite stays under 10 minutes on 2 cores; CI runs -m slow too
 def test_data_parallel_equals_single_device(setup, monkeypatch):
     n_dev = len(jax.devices())
     if n_dev < 2 or B % n_dev:
@@ -152,7 +153,7 @@ def test_data_parallel_equals_single_device(setup, monkeypatch):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * scale)
 
 
-@pytest.mark.parametrize("use_matcher", [True, False])
+@pytest.mark.parametrize("use_matcher", [pytest.param(True, marks=pytest.mark.slow), False])
 def test_optimizer_freezes_what_the_official_code_never_updates(setup, use_matcher):
     _, model, batch, params = setup
     config = _config(use_matcher)

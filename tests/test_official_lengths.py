@@ -144,7 +144,9 @@ def runs(x64: bool):
     return found
 
 
-@pytest.mark.parametrize("x64", [True, False], ids=["float64", "float32"])
+@pytest.mark.parametrize(
+    "x64", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["float64", "float32"]
+)
 def test_outputs_losses_grads_do_not_depend_on_physical_padding(x64):
     found = runs(x64)
     ref_flat, ref_terms, ref_grads = found[PADS[0]]

@@ -308,6 +308,7 @@ def _direct_rows(converted: str, data_dir: str, batch_size: int):
     return snapped, unsnapped
 
 
+@pytest.mark.slow  # slow: the fast suite stays under 10 minutes on 2 cores; CI runs -m slow too
 def test_model_on_official_batches(converted, data_dir, run_info, official_rows, official_metrics):
     from trdetr_jax.evaluation import JsonlFile, evaluate_submission, read_jsonl
 

@@ -72,6 +72,7 @@ def test_cli_passes_on_fixture(reference_dir, tmp_path, case):
                     np.testing.assert_array_equal(d[k], m[k])
 
 
+@pytest.mark.slow  # slow: the fast suite stays under 10 minutes on 2 cores; CI runs -m slow too
 def test_cli_fails_on_perturbed_param(reference_dir, tmp_path):
     src = reference_dir / "small_tvsum"
     fixture = tmp_path / "perturbed"
@@ -95,6 +96,7 @@ def test_cli_reports_unreadable_folder(tmp_path):
     assert "params.npz is missing" in res.stderr
 
 
+@pytest.mark.slow  # slow: the fast suite stays under 10 minutes on 2 cores; CI runs -m slow too
 def test_cli_x64_on_float32_fixture(reference_dir):
     # a float32 fixture evaluated in float64 still meets the float32 tolerances
     res = _run(reference_dir / "small_tvsum", "--x64")
@@ -122,7 +124,9 @@ def _check_dump_at_fixture_shapes(dump, case_dir, atol):
         # float64, the training step's compile, padded beyond max_v_l 40 / max_q_l 16
         ("small_qvh_f64", ("--path", "train", "--pad-video", "47", "--pad-text", "23"), 2e-7),
         # float32, op-by-op path, padded beyond max_v_l 60
-        ("small_tvsum", ("--pad-video", "71", "--pad-text", "19"), 1e-4),
+        pytest.param(
+            "small_tvsum", ("--pad-video", "71", "--pad-text", "19"), 1e-4, marks=pytest.mark.slow
+        ),
     ],
     ids=["small_qvh_f64-train-padded", "small_tvsum-padded"],
 )

@@ -56,7 +56,7 @@ def no_compile(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the run compiled before finding the bad data")
 
-    monkeypatch.setattr(train, "run_steps", refuse)
+    monkeypatch.setattr(train, "cached_steps", refuse)
 
 
 def run_error(config, workdir) -> str:

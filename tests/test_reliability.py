@@ -191,7 +191,14 @@ DAMAGE = [
 ]
 
 
-@pytest.mark.parametrize("kind", DAMAGE)
+# Two damage kinds in the fast suite, all of them with -m slow.
+@pytest.mark.parametrize(
+    "kind",
+    [
+        k if k in ("truncate-data", "garble:manifest") else pytest.param(k, marks=pytest.mark.slow)
+        for k in DAMAGE
+    ],
+)
 def test_damaged_latest_checkpoint_falls_back(partial, reference, cache_dir, tmp_path, kind):
     workdir = copy_run(partial, tmp_path / "run")
     damage(workdir / "checkpoints" / "9", kind)

@@ -24,7 +24,7 @@ class Setup:
 
 def build(config, devices, *, count_traces: bool = True) -> Setup:
     """Steps over ``devices``; without ``count_traces`` they come from the trainer's cache
-    (``train.run_steps``), which the training runs of test_resume.py then reuse."""
+    (``train.cached_steps``), which the training runs of test_resume.py then reuse."""
     # One padded shape (the maxima): these tests count compilations and compare losses.
     config.data.length_buckets = False
     config, train_ds, _ = train.load_datasets(config)
@@ -33,7 +33,7 @@ def build(config, devices, *, count_traces: bool = True) -> Setup:
     n_steps = train.steps_per_epoch(train_ds, bs)
     batches = list(train.train_batches(train_ds, bs, seed=config.seed, epoch=0, start_step=0))
     if not count_traces:
-        steps = train.run_steps(config, mesh, n_steps, train.abstract_batch(train_ds, bs))
+        steps = train.cached_steps(config, mesh, n_steps, train.abstract_batch(train_ds, bs))
         return Setup(config, steps, batches, [])
     traces = []
     loss_fn = train.make_loss_fn(config, mesh)
@@ -71,14 +71,14 @@ def run(setup: Setup, batches, n_steps: int):
     rng = jax.random.key(1)
     losses = []
     for i in range(n_steps):
-        batch = train.device_batch(batches[i % len(batches)], setup.steps.data)
+        batch = train.device_batch(batches[i % len(batches)], setup.steps.batch_sharding)
         state, metrics = setup.steps.train(state, batch, rng)
         losses.append(float(metrics["loss"]))
     return state, losses
 
 
 def test_a_few_steps_lower_the_loss(one_device):
-    batch = train.device_batch(one_device.batches[0], one_device.steps.data)
+    batch = train.device_batch(one_device.batches[0], one_device.steps.batch_sharding)
     loss_fn = train.make_loss_fn(one_device.config, one_device.steps.mesh)
     model = TRDETR(**model_kwargs_from_config(one_device.config))
     eval_loss = jax.jit(lambda p, b: loss_fn(p, model, b, train=False)[0])
@@ -108,17 +108,27 @@ def test_four_devices_give_the_loss_of_one(one_device, cache_dir):
     assert len(jax.devices()) >= 4, "conftest.py asks XLA for 4 host devices"
     four = build(tiny_config(cache_dir / "demo"), jax.devices()[:4], count_traces=False)
     assert four.steps.mesh.devices.size == 4
-    batch = train.device_batch(four.batches[0], four.steps.data)
+    batch = train.device_batch(four.batches[0], four.steps.batch_sharding)
     # The global batch of 4 really is split: one example per device.
     assert {s.data.shape[0] for s in batch["src_vid"].addressable_shards} == {1}
     state1, losses1 = run(one_device, one_device.batches, 3)
     state4, losses4 = run(four, four.batches, 3)
     np.testing.assert_allclose(losses4, losses1, rtol=2e-5)
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5),
-        state4.params,
-        state1.params,
-    )
+    # Parameters whose gradient is zero in exact arithmetic (reference README section 7: the
+    # attention key biases by softmax shift invariance, saliency_proj's bias, the projections
+    # of the zero first decoder input) get pure rounding noise, which AdamW turns into steps
+    # of up to lr each way whatever its size: another reduction order may step them
+    # differently.
+    noise_only = ("k_proj", "kcontent_proj", "kpos_proj", "saliency_proj", "layer_0/sa_")
+    lr = float(tiny_config(cache_dir / "demo").optim.lr)
+
+    def close(path, a, b):
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        noise = any(part in name for part in noise_only) and name.endswith("bias")
+        atol = 2 * lr * 3 if noise else 2e-5  # 3 steps
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=atol, err_msg=name)
+
+    jax.tree_util.tree_map_with_path(close, state4.params, state1.params)
 
 
 def test_batch_size_not_divisible_by_devices(cache_dir, tmp_path):

@@ -156,7 +156,9 @@ def predict_rows(
         matmul_precision=precision.of_config(config),
     )
     params, _ = restore_params(checkpoint_dir, steps.abstract_state)
-    return train.predict_split(steps.eval, steps.data, params, eval_ds, config, batch_size)
+    return train.predict_split(
+        steps.eval, steps.batch_sharding, params, eval_ds, config, batch_size
+    )
 
 
 def _parser():

@@ -200,7 +200,7 @@ class Steps:
 
     mesh: jax.sharding.Mesh
     replicated: NamedSharding
-    data: NamedSharding
+    batch_sharding: NamedSharding  # batch arrays: split over the mesh's data axis
     state_sharding: Any
     train: Any  # (state, batch, rng) -> (state, metrics); donates state
     eval: Any  # (params, batch) -> outputs
@@ -255,7 +255,7 @@ _STEPS_CACHE: dict[tuple, Steps] = {}
 _STEPS_CACHE_SIZE = 4
 
 
-def run_steps(
+def cached_steps(
     config: ml_collections.ConfigDict,
     mesh: jax.sharding.Mesh,
     n_steps_epoch: int,
@@ -677,7 +677,7 @@ def evaluate(
     """
     from trdetr_jax import evaluation
 
-    rows = predict_split(steps.eval, steps.data, params, eval_ds, config, batch_size)
+    rows = predict_split(steps.eval, steps.batch_sharding, params, eval_ds, config, batch_size)
     results = evaluation.evaluate_submission(
         rows, eval_ds.gt_rows(), dataset=eval_dataset_name(config)
     )
@@ -779,8 +779,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         check_resumable(old_cfg, new_cfg, workdir_path)
     n_steps_epoch = steps_per_epoch(train_ds, tcfg.batch_size)
     total_steps = n_steps_epoch * tcfg.num_epochs
-    steps = run_steps(config, mesh, n_steps_epoch, abstract_batch(train_ds, tcfg.batch_size))
-    check_process_rows(steps.data, tcfg.batch_size)
+    steps = cached_steps(config, mesh, n_steps_epoch, abstract_batch(train_ds, tcfg.batch_size))
+    check_process_rows(steps.batch_sharding, tcfg.batch_size)
     # Parameter init and dropout draw from independent streams of the one seed.
     init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
 
@@ -932,7 +932,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 epoch=epoch,
                 start_step=loop.batch_in_epoch,
             )
-            for batch in prefetch_to_devices(batches, steps.data, config.data.prefetch_depth):
+            for batch in prefetch_to_devices(
+                batches, steps.batch_sharding, config.data.prefetch_depth
+            ):
                 state, metrics = steps.train(state, batch, dropout_rng)
                 drain()  # previous step's metrics, while this step runs
                 loop.step += 1

@@ -567,7 +567,7 @@ def _run_train_path(kwargs, config, params, batch):
     )
     state = train_lib.TrainState(step=step0, params=params, opt_state=tx.init(params), tx=tx)
     state = jax.device_put(state, steps.state_sharding)
-    data = jax.device_put(batch, steps.data)
+    data = jax.device_put(batch, steps.batch_sharding)
     new_state, metrics = steps.train(state, data, rng)
     grads = new_state.opt_state
 
