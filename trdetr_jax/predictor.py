@@ -19,10 +19,10 @@ post-processing), shifted to video time, and the moments of all windows are merg
 temporal NMS (``merge_nms_thd``, hull IoU) keeping ``max_moments``. A clip's saliency is the
 mean of its scores over the windows that hold it.
 
-With ``model.compat='official'`` a row's outputs can depend on its batch-mates' padding
-(the official text-to-video mask quirk, :mod:`trdetr_jax.model.t2v`); every row of one
-call shares the video's clip mask and padding rows repeat a real row, so this only matters
-when comparing against a differently batched run.
+With ``model.compat='official'`` a row's outputs depend on its batch-mates (the padded
+lengths and the text-to-video mask quirk, :mod:`trdetr_jax.model.t2v`): each forward pass
+is the official computation of a loader batch of exactly its rows (at most ``max_batch``),
+so one query alone equals the evaluation with ``train.eval_batch_size=1``.
 
 A video of at most ``max_v_l`` clips is one window: the rows are those
 ``python -m trdetr_jax.predict`` writes for it (the config's ``eval.postprocess``, NMS and
@@ -295,6 +295,12 @@ class Predictor:
         # their own for the official T2V mask quirk to mix into the real rows.
         for k in batch:
             batch[k][len(chunk) :] = batch[k][0]
+        # Official mode computes what the official code computes for a loader batch of
+        # exactly these rows: padded to their longest video / query, the T2V mask quirk
+        # wrapping around len(chunk) rows (the padding rows above do not count).
+        batch["official_vid_len"] = np.full(size, max(len(v) for _, v, _ in chunk), np.int32)
+        batch["official_txt_len"] = np.full(size, max(len(t) for t, _, _ in chunk), np.int32)
+        batch["official_batch_size"] = np.full(size, len(chunk), np.int32)
         return batch
 
     def _postprocess(self) -> dict[str, Any]:
