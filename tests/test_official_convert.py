@@ -8,44 +8,14 @@ import pathlib
 import shutil
 import zipfile
 
-import jax
 import numpy as np
 import pytest
+from test_official_keys import tiny_kwargs, tiny_params, tree_equal  # noqa: F401 (a fixture)
 
 from trdetr_jax.official import checkpoint_file, convert, keys
 
-D_VID, D_TXT = 10, 6
 
-
-def tiny_kwargs(**overrides):
-    kw = dict(hidden_dim=256, nheads=8, enc_layers=1, dec_layers=1, dim_feedforward=32,
-              num_queries=4, n_input_proj=2, max_q_l=5)  # fmt: skip
-    kw.update(overrides)
-    return kw
-
-
-def init_params(kwargs, seed=0):
-    """Random params with the model's tree (shapes by tracing only: no compilation)."""
-    rng = np.random.default_rng(seed)
-    shapes = keys.expected_param_shapes(kwargs, D_VID, D_TXT)
-    flat = {p: rng.standard_normal(s).astype(np.float32) for p, s in shapes.items()}
-    return keys.unflatten_params(flat)
-
-
-@pytest.fixture(scope="module")
-def tiny_params():
-    return init_params(tiny_kwargs())
-
-
-def tree_equal(a, b):
-    la, ta = jax.tree.flatten(a)
-    lb, tb = jax.tree.flatten(b)
-    assert ta == tb
-    for x, y in zip(la, lb):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-def test_load_checkpoint_ckpt_with_torch(tmp_path, tiny_params, torch):
+def test_load_checkpoint_ckpt_with_torch(tmp_path, tiny_params, torch):  # noqa: F811 (fixture)
     sd = keys.params_to_state_dict(tiny_params)
     path = tmp_path / "model_best.ckpt"
     opt = argparse.Namespace(hidden_dim=256, device=torch.device("cpu"), v_feat_dirs=["a/b"])

@@ -18,9 +18,9 @@ import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from _tiny_run import ROOT, enable_compilation_cache, tiny_config
+from test_resume import records, saved  # one copy of the checkpoint / metrics readers
 
 from trdetr_jax import checkpointing, evaluate, train
 
@@ -77,26 +77,6 @@ def reference(partial, cache_dir):
     workdir = copy_run(partial, cache_dir / "reference")
     summary = train.train_and_evaluate(config_of(cache_dir), str(workdir))
     return workdir, summary
-
-
-def saved(workdir, step=None):
-    ckpt = checkpointing.RunCheckpoints(workdir / "checkpoints", read_only=True)
-    step = ckpt.latest_step() if step is None else step
-    restored = ckpt.manager.restore(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardRestore(), loop=ocp.args.JsonRestore()),
-    )
-    ckpt.close()
-    return restored["state"]["params"], restored["loop"]
-
-
-def records(workdir):
-    out = []
-    for line in (workdir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        record.pop("steps_per_sec", None)
-        out.append(record)
-    return out
 
 
 def assert_same_end(a, b):

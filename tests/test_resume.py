@@ -46,10 +46,10 @@ def uninterrupted(cache_dir):
     return workdir, summary
 
 
-def saved(workdir):
-    """(params, loop state) of the latest checkpoint of a run."""
+def saved(workdir, step=None):
+    """(params, loop state) of checkpoint ``step`` of a run (default: the latest)."""
     ckpt = checkpointing.RunCheckpoints(workdir / "checkpoints", read_only=True)
-    step = ckpt.latest_step()
+    step = ckpt.latest_step() if step is None else step
     restored = ckpt.manager.restore(
         step,
         args=ocp.args.Composite(state=ocp.args.StandardRestore(), loop=ocp.args.JsonRestore()),
