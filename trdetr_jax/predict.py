@@ -24,7 +24,7 @@ from typing import Any
 import ml_collections
 import orbax.checkpoint as ocp
 
-from trdetr_jax import checkpointing, errors, files, inference, precision, train
+from trdetr_jax import checkpointing, compile_cache, errors, files, inference, precision, train
 from trdetr_jax import mesh as mesh_lib
 
 PARAMS_SUBDIR = "params"
@@ -139,6 +139,7 @@ def predict_rows(
     if feature_root is not None:
         config.data.feature_root = str(feature_root)
     apply_overrides(config, overrides)
+    compile_cache.enable(config.train.get("compilation_cache_dir"))
     config = data_lib.resolve_config(config)
 
     eval_ds = data_lib.build_eval_dataset(config)

@@ -37,7 +37,7 @@ from flax import struct
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from trdetr_jax import checkpointing, files, inference, precision, runlog
+from trdetr_jax import checkpointing, compile_cache, files, inference, precision, runlog
 from trdetr_jax import mesh as mesh_lib
 from trdetr_jax.errors import NonFiniteLossError, RunError
 from trdetr_jax.model import model_inputs
@@ -385,6 +385,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     mesh_lib.maybe_initialize_distributed(config)
     tcfg = config.train
     check_train_config(tcfg)
+    compile_cache.enable(tcfg.get("compilation_cache_dir"))
     workdir_path = pathlib.Path(workdir).resolve()
     check_workdir(workdir_path)
 
