@@ -27,7 +27,7 @@ sources it was read from. The paper itself (AAAI 2024,
 https://ojs.aaai.org/index.php/AAAI/article/view/28304, arXiv 2401.02309) could not be read
 beyond its abstract, so Tables 1-3 hold TR-DETR's rows as later papers copy them into their
 comparison tables. Cells no source gives are empty (``None``, printed as ``-``): Table 2's
-I3D row and all of Table 4 (no later paper copies the ablations). Fill them in from the
+I3D row and all of Table 4 (no copy of the ablations was found). Fill them in from the
 paper, never from memory. The ablation rows' switch settings (``ABLATIONS``) could not be
 checked against the paper's Table 4 either; check them before comparing numbers.
 """
@@ -139,7 +139,7 @@ PAPER: dict[int, dict[str, dict[str, float | None]]] = {
         "I3D": {"MR-full-R1@0.5": None, "MR-full-R1@0.7": None},
         "SF+CLIP": {"MR-full-R1@0.5": 57.61, "MR-full-R1@0.7": 33.52},
     },
-    # Table 3, TVSum top-5 mAP per domain, I3D video, no audio (paper's average: 88.1).
+    # Table 3, TVSum top-5 mAP per domain, I3D video, no audio (average 88.1 in the copies).
     # Source: Lee & Kim (above), Table 2 (row "TR-DETR"); the same row in VideoLights
     # Table III (deep-diver/ai-paper-reviewer, path above, marked I3D) and in Chang et al.,
     # "Aha! Predicting What Matters Next", NeurIPS 2025, appendix table (row "TR-DETR (V)").
@@ -155,7 +155,7 @@ PAPER: dict[int, dict[str, dict[str, float | None]]] = {
         "BT": {"mAP": 89.5},
         "DS": {"mAP": 81.6},
     },
-    # Table 4, ablations on QVHighlights val: no later paper copies them and the paper could
+    # Table 4, ablations on QVHighlights val: no copy of them was found and the paper could
     # not be read, so every cell is empty.
     4: {cell.name: dict.fromkeys(COLUMNS[4]) for cell in TABLES[4]},
 }
