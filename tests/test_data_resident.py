@@ -63,9 +63,9 @@ def test_auto_keeps_features_on_the_host_on_cpu_and_forcing_works(tmp_path):
     train_ds, _ = _datasets(tmp_path)
     devices = jax.devices()[:1]
     assert resident.wanted("auto", train_ds, devices)[0] is False
-    assert resident.wanted(True, train_ds, devices)[0] is True
-    assert resident.wanted(False, train_ds, devices)[0] is False
-    with pytest.raises(ValueError, match="features_on_device: expected 'auto', True or False"):
+    assert resident.wanted("on", train_ds, devices)[0] is True
+    assert resident.wanted("off", train_ds, devices)[0] is False
+    with pytest.raises(ValueError, match="features_on_device: expected 'auto', 'on' or 'off'"):
         resident.wanted("yes", train_ds, devices)
     # 8 videos x 10 clips x (SF + CLIP + TEF) + 8 queries x 6 tokens x TXT, float32.
     dv, dt, _ = resident.widths(train_ds)

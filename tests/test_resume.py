@@ -176,7 +176,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(cache_dir, tmp_path
     workdir = tmp_path / "run"
     batches = train.train_batches
 
-    def poisoned(ds, batch_size, *, seed, epoch, start_step):
+    def poisoned(ds, batch_size, *, seed, epoch, start_step, resident=None):
         for i, batch in enumerate(
             batches(ds, batch_size, seed=seed, epoch=epoch, start_step=start_step)
         ):
@@ -238,4 +238,23 @@ def test_sigkill_and_rerun_gives_the_same_result(uninterrupted, cache_dir, tmp_p
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, stderr=subprocess.DEVNULL)
+    assert_same_run(uninterrupted[0], workdir)
+
+
+@pytest.mark.slow  # two more runs with their own compilations
+def test_features_on_the_device_train_and_resume_to_the_same_result(
+    uninterrupted, cache_dir, tmp_path, monkeypatch
+):
+    """Batches gathered from device-resident features (config.data.features_on_device) give
+    the run of host-collated batches bit for bit, interrupted and resumed included."""
+    config = run_config(cache_dir)
+    config.data.features_on_device = "on"
+    workdir = tmp_path / "resident"
+    interrupt_at(monkeypatch, 7)
+    with pytest.raises(Interrupt):
+        train.train_and_evaluate(config, str(workdir))
+    monkeypatch.undo()
+    train.train_and_evaluate(config, str(workdir))
+    log = (workdir / "train.log").read_text()
+    assert "features on the device: yes" in log and "from step 6 " in log
     assert_same_run(uninterrupted[0], workdir)

@@ -79,6 +79,10 @@ def get_base_config() -> config_dict.ConfigDict:
     data.data_ratio = 1.0
     # Cache folder for the built-in demo dataset (None = ~/.cache/trdetr_jax/demo).
     data.cache_dir = config_dict.placeholder(str)
+    # Keep the processed features on the device(s) and send only row indices each step
+    # (trdetr_jax/data/resident.py): 'auto' (on accelerators when the tables fit in 40% of
+    # device memory; off on CPU), 'on' or 'off'. Batches are bit-identical either way.
+    data.features_on_device = "auto"
     # Batches loaded ahead of the train step by the prefetch thread.
     data.prefetch_depth = 2
     # The built-in demo dataset generator and its knobs.

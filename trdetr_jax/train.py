@@ -39,6 +39,7 @@ from jax.sharding import PartitionSpec as P
 
 from trdetr_jax import checkpointing, compile_cache, files, inference, precision, runlog
 from trdetr_jax import mesh as mesh_lib
+from trdetr_jax.data import resident
 from trdetr_jax.errors import NonFiniteLossError, RunError
 from trdetr_jax.model import model_inputs
 from trdetr_jax.rundir import (
@@ -176,6 +177,7 @@ class Steps:
     state_sharding: Any
     train: Any  # (state, batch, rng) -> (state, metrics); donates state
     eval: Any  # (params, batch) -> outputs
+    # train / eval are resident.WithTables: .bind(tables) for batches of table rows.
     init: Any  # (rng) -> state
     abstract_state: Any  # ShapeDtypeStructs with shardings (restore target)
 
@@ -206,12 +208,15 @@ def build_steps(
     state_sharding = jax.tree.map(lambda _: replicated, shapes)
     init = jax.jit(init_fn, in_shardings=replicated, out_shardings=state_sharding)
     train = jax.jit(
-        functools.partial(train_step, model=model, loss_fn=loss_fn, schedule=schedule),
-        in_shardings=(state_sharding, data, replicated),
+        resident.gathering(
+            functools.partial(train_step, model=model, loss_fn=loss_fn, schedule=schedule)
+        ),
+        in_shardings=(replicated, state_sharding, data, replicated),
         out_shardings=(state_sharding, replicated),
-        donate_argnames=("state",),
+        donate_argnums=(1,),  # the state
     )
     init, train = (precision.with_matmul_precision(f, matmul_precision) for f in (init, train))
+    train = resident.WithTables(train)
     evaluate = inference.jit_eval_step(mesh, model, state_sharding.params, matmul_precision)
     abstract = jax.tree.map(
         lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), shapes, state_sharding
@@ -309,8 +314,10 @@ def train_batches(
     start_step: int,
     process_index: int | None = None,
     process_count: int | None = None,
+    resident=None,
 ):
-    """This process's rows of each global training batch of ``epoch``, from ``start_step``."""
+    """This process's rows of each global training batch of ``epoch``, from ``start_step``
+    (``resident``: the split's features on the device; batches carry table rows)."""
     from trdetr_jax import data as data_lib
 
     for batch, _ in data_lib.train_batches(
@@ -321,6 +328,7 @@ def train_batches(
         start_step=start_step,
         process_index=jax.process_index() if process_index is None else process_index,
         process_count=jax.process_count() if process_count is None else process_count,
+        resident=resident,
     ):
         yield batch
 
@@ -343,13 +351,29 @@ def log_new_shapes(fn, what: str, info):
 
     @functools.wraps(fn)
     def wrapped(first, batch, *args):
-        shape = (batch["src_vid"].shape[1], batch["src_txt"].shape[1])
+        shape = (batch["src_vid_mask"].shape[1], batch["src_txt_mask"].shape[1])
         if shape not in seen:
             seen.add(shape)
             info("%s for video length %d, text length %d (compiled once per bucket)", what, *shape)
         return fn(first, batch, *args)
 
     return wrapped
+
+
+def resident_features(config, train_ds, eval_ds, steps: Steps, info):
+    """``(train, eval)`` :class:`~trdetr_jax.data.resident.ResidentFeatures` when
+    ``config.data.features_on_device`` asks for them (and they fit), else ``(None, None)``."""
+    setting = config.data.get("features_on_device", "auto")
+    on, why = resident.wanted(setting, train_ds, list(steps.mesh.devices.flat))
+    if on:
+        eval_on, eval_why = resident.wanted(setting, eval_ds, list(steps.mesh.devices.flat))
+        on, why = on and eval_on, why if eval_on else eval_why
+    info("features on the device: %s (%s)", "yes" if on else "no", why)
+    if not on:
+        return None, None
+    tables = resident.build(train_ds, steps.replicated), resident.build(eval_ds, steps.replicated)
+    train_ds.store.disable_cache()  # the host copies are no longer read
+    return tables
 
 
 def log_buckets(log, train_ds, batch_size: int, seed: int) -> None:
@@ -430,6 +454,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     for line in damaged:
         log.info("%s", line, console=False)  # already shown as warnings
     log_buckets(log, train_ds, tcfg.batch_size, config.seed)
+    train_res, eval_res = resident_features(config, train_ds, eval_ds, steps, log.info)
+    if train_res is not None:
+        steps = dataclasses.replace(
+            steps, train=steps.train.bind(train_res.tables), eval=steps.eval.bind(eval_res.tables)
+        )
     steps = dataclasses.replace(
         steps,
         train=log_new_shapes(steps.train, "train step", log.info),
@@ -487,7 +516,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     def run_eval(epoch: int) -> float:
         t0 = time.time()
         results, rows = inference.evaluate_split(
-            steps.eval, steps.batch_sharding, state.params, eval_ds, config, eval_batch_size
+            steps.eval,
+            steps.batch_sharding,
+            state.params,
+            eval_ds,
+            config,
+            eval_batch_size,
+            eval_res,
         )
         score = inference.brief_metric(results, tcfg.best_metric)
         # None marks a metric the split cannot give (e.g. an empty length bucket).
@@ -558,6 +593,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 seed=config.seed,
                 epoch=epoch,
                 start_step=loop.batch_in_epoch,
+                resident=train_res,
             )
             for batch in mesh_lib.prefetch_to_devices(
                 batches, steps.batch_sharding, config.data.prefetch_depth

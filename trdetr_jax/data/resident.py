@@ -84,21 +84,21 @@ def wanted(setting, dataset: MomentDataset, devices, share: float = 0.4) -> tupl
 
     ``setting`` is ``config.data.features_on_device``: ``'auto'`` (on for accelerators when
     the tables take at most ``share`` of the smallest device memory; off on CPU, where the
-    device memory is the host's and nothing crosses), ``True`` or ``False``.
+    device memory is the host's and nothing crosses), ``'on'`` or ``'off'``.
     """
-    if setting is False or setting == "off":
-        return False, "config.data.features_on_device is off"
-    need = table_bytes(dataset)
-    platform = devices[0].platform
-    limit = device_memory_bytes(devices)
-    if setting is True or setting == "on":
-        return True, f"{need / 1e9:.2f} GB of feature tables on every device (forced on)"
-    if setting != "auto":
+    if setting not in ("auto", "on", "off"):
         raise ValueError(
-            f"config.data.features_on_device: expected 'auto', True or False, found {setting!r}"
+            f"config.data.features_on_device: expected 'auto', 'on' or 'off', found {setting!r}"
         )
+    if setting == "off":
+        return False, "config.data.features_on_device is 'off'"
+    need = table_bytes(dataset)
+    if setting == "on":
+        return True, f"{need / 1e9:.2f} GB of feature tables on every device (forced on)"
+    platform = devices[0].platform
     if platform == "cpu":
         return False, "CPU: features stay on the host (nothing to save)"
+    limit = device_memory_bytes(devices)
     if limit is None:
         return False, f"{platform}: the device reports no memory limit"
     if need > share * limit:
@@ -141,7 +141,11 @@ def build(dataset: MomentDataset, sharding: jax.sharding.Sharding) -> ResidentFe
     if audio is not None:
         host["audio"] = audio
     nbytes = sum(x.nbytes for x in host.values())
-    tables = {k: jax.device_put(v, sharding) for k, v in host.items()}
+    # Every process holds the whole tables: replicated placement from the host arrays.
+    tables = {
+        k: jax.make_array_from_callback(v.shape, sharding, lambda index, v=v: v[index])
+        for k, v in host.items()
+    }
     rows = np.asarray([vid_index[r["vid"]] for r in dataset.rows], np.int32)
     logging.info(
         "%s split: %d videos and %d queries resident on the device (%.2f GB)",
@@ -151,6 +155,38 @@ def build(dataset: MomentDataset, sharding: jax.sharding.Sharding) -> ResidentFe
         nbytes / 1e9,
     )
     return ResidentFeatures(tables, rows, nbytes)
+
+
+class WithTables:
+    """A jitted ``fn(tables, *args)`` called as ``fn(*args)`` with the tables bound (``{}``:
+    features come with the batch); ``lower`` too. :meth:`bind` swaps the tables."""
+
+    def __init__(self, fn, tables=None):
+        self._fn, self.tables = fn, {} if tables is None else tables
+
+    def __call__(self, *args):
+        return self._fn(self.tables, *args)
+
+    def lower(self, *args):
+        return self._fn.lower(self.tables, *args)
+
+    def bind(self, tables) -> WithTables:
+        return WithTables(self._fn, tables)
+
+    @property
+    def unbound(self):
+        """The jitted function itself, tables first."""
+        return self._fn
+
+
+def gathering(step):
+    """``step(batch_first_args...)`` -> ``fn(tables, a, batch, *rest)`` that gathers the batch
+    (the second argument) from ``tables`` before calling ``step(a, batch, *rest)``."""
+
+    def fn(tables, first, batch, *rest):
+        return step(first, gather(tables, batch), *rest)
+
+    return fn
 
 
 def gather(tables: dict[str, jax.Array], batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
