@@ -258,3 +258,38 @@ def test_features_on_the_device_train_and_resume_to_the_same_result(
     log = (workdir / "train.log").read_text()
     assert "features on the device: yes" in log and "from step 6 " in log
     assert_same_run(uninterrupted[0], workdir)
+
+
+@pytest.mark.slow  # three more runs, each compiling its chunk lengths
+def test_several_steps_per_dispatch_match_single_steps_and_resume_exactly(
+    uninterrupted, cache_dir, tmp_path, monkeypatch
+):
+    """config.train.steps_per_dispatch = 2: chunks of lax.scan steps, cut at the checkpoint
+    steps (every 3) and epoch ends, so chunks of 2 and 1 steps, padded to their longest
+    bucket. The run equals the one-step-per-dispatch run to float32 rounding (padding and
+    the scan's compile change reduction order only) and resumes bit for bit."""
+    config = run_config(cache_dir)
+    config.train.steps_per_dispatch = 2
+    chunked = tmp_path / "chunked"
+    train.train_and_evaluate(config, str(chunked))
+    assert "train chunk of 2 steps" in (chunked / "train.log").read_text()
+    params_1, loop_1 = saved(uninterrupted[0])
+    params_2, loop_2 = saved(chunked)
+    assert loop_2["step"] == loop_1["step"] == 8
+    jax.tree.map(
+        lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-6), params_1, params_2
+    )
+    a, b = records(uninterrupted[0]), records(chunked)
+    assert [(r["type"], r["step"]) for r in a] == [(r["type"], r["step"]) for r in b]
+    for ra, rb in zip(a, b):
+        if ra["type"] == "train":
+            np.testing.assert_allclose(ra["loss"], rb["loss"], rtol=1e-4)
+
+    resumed = tmp_path / "resumed"
+    interrupt_at(monkeypatch, 5)  # the chunk of steps 5-6 fails: resumes from step 4
+    with pytest.raises(Interrupt):
+        train.train_and_evaluate(config, str(resumed))
+    monkeypatch.undo()
+    train.train_and_evaluate(config, str(resumed))
+    assert "from step 4 " in (resumed / "train.log").read_text()
+    assert_same_run(chunked, resumed)

@@ -198,10 +198,12 @@ def gather(tables: dict[str, jax.Array], batch: dict[str, jax.Array]) -> dict[st
     if "video_row" not in batch:
         return batch
     out = {k: v for k, v in batch.items() if k not in ROW_KEYS}
-    lv = batch["src_vid_mask"].shape[1]
-    lq = batch["src_txt_mask"].shape[1]
-    out["src_vid"] = jnp.take(tables["video"], batch["video_row"], axis=0)[:, :lv]
-    out["src_txt"] = jnp.take(tables["text"], batch["text_row"], axis=0)[:, :lq]
+    lv = batch["src_vid_mask"].shape[-1]
+    lq = batch["src_txt_mask"].shape[-1]
+    # Rows may be [B] or, for a chunk of steps, [C, B]: the length axis is the one before
+    # the feature axis.
+    out["src_vid"] = jnp.take(tables["video"], batch["video_row"], axis=0)[..., :lv, :]
+    out["src_txt"] = jnp.take(tables["text"], batch["text_row"], axis=0)[..., :lq, :]
     if "audio" in tables:
-        out["src_aud"] = jnp.take(tables["audio"], batch["video_row"], axis=0)[:, :lv]
+        out["src_aud"] = jnp.take(tables["audio"], batch["video_row"], axis=0)[..., :lv, :]
     return out
