@@ -313,9 +313,31 @@ def profile_step(args, config, steps, state, batch, dropout_rng, loss_fn, tx) ->
             state, metrics = step(state, batch, dropout_rng)
         jax.block_until_ready((state, metrics))
         jax.block_until_ready(pieces["eval_forward"][0](state.params, batch))
-    state_dict = {"trace_dir": str(trace_dir), "load_avg_1m": round(os.getloadavg()[0], 2)}
+    found = {"trace_dir": str(trace_dir), "load_avg_1m": round(os.getloadavg()[0], 2)}
+    found["trace_ops_ms"] = trace_op_kinds(trace_dir)
     print_phases(phases)
-    return {"phases": phases, **state_dict}
+    return {"phases": phases, **found}
+
+
+def trace_op_kinds(trace_dir: pathlib.Path, top: int = 12) -> dict[str, float]:
+    """Thread time (ms) per XLA op kind in the newest trace under ``trace_dir`` (3 train
+    steps and one eval forward): ``ynn_fusion`` / ``dot`` are the matrix products,
+    ``copy_*`` / ``transpose_*`` layout copies, the other fusions elementwise work. Events of
+    the thread pool overlap, so the sum exceeds the wall time."""
+    import collections
+    import gzip
+    import re
+
+    found = sorted(trace_dir.glob("plugins/profile/*/*.trace.json.gz"))
+    if not found:
+        return {}
+    events = json.loads(gzip.decompress(found[-1].read_bytes()))["traceEvents"]
+    runtime = ("ThunkExecutor", "SlinkyThreadPool", "$", "ExecuteReplicated", "CommonPjRt")
+    kinds = collections.Counter()
+    for e in events:
+        if e.get("ph") == "X" and not e["name"].startswith(runtime):
+            kinds[re.sub(r"\.\d+$", "", e["name"])] += e.get("dur", 0)
+    return {k: round(v / 1e3, 1) for k, v in kinds.most_common(top)}
 
 
 def host_matcher_ms(outputs, batch, loss_cfg, runs: int) -> float | None:
