@@ -247,7 +247,11 @@ def profile_step(args, config, steps, state, batch, dropout_rng, loss_fn, tx) ->
     key = jax.random.fold_in(dropout_rng, 0)
 
     def forward(p, b, k):
-        rngs = {"dropout": objective.dropout_key(k, loss_fn.keywords.get("dropout_prng"))}
+        rngs = {
+            "dropout": objective.dropout_key(
+                k, loss_fn.keywords.get("dropout_prng", objective.DROPOUT_PRNG)
+            )
+        }
         return model.apply({"params": p}, **model_inputs(b), train=True, rngs=rngs)
 
     def match(outputs, b):
