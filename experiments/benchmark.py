@@ -510,11 +510,12 @@ def main() -> None:
     for i in range(args.warmup):
         state, metrics = compiled(state, device_batches[i % 4], dropout_rng)
     jax.block_until_ready(state)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for i in range(args.steps):
         state, metrics = compiled(state, device_batches[i % 4], dropout_rng)
     jax.block_until_ready((state, metrics))
     elapsed = time.perf_counter() - t0
+    cpu_s = time.process_time() - cpu0  # all threads: steadier than wall time under load
     eval_ms = None
     if args.eval:  # the inference forward on the same batches, as the official --eval times it
         forward = steps.eval.lower(state.params, device_batches[0]).compile()
@@ -540,6 +541,7 @@ def main() -> None:
         "compile_s": round(compile_s, 2),
         "steps": args.steps,
         "steps_per_s": round(args.steps / elapsed, 3),
+        "cpu_s_per_step": round(cpu_s / args.steps, 3),
         "examples_per_s": round(args.steps * args.batch_size / elapsed, 1),
         "final_loss": float(metrics["loss"]),
         "eval_forward_ms_median": eval_ms,
