@@ -1,5 +1,7 @@
 """The dropout masks' bit generator: a threefry4x32 key derived from the step's key."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -37,27 +39,29 @@ def test_dropout_masks_from_the_derived_key_keep_the_bernoulli_rate(rate):
     assert not np.array_equal(kept[0], kept[1]) and not np.array_equal(kept[:, 0], kept[:, 1])
 
 
-def test_loss_with_dropout_is_deterministic_per_key_and_draws_from_the_derived_key():
+def test_the_objective_draws_its_dropout_masks_from_the_derived_key():
+    """Traced, not compiled: the training loss's masks come from a threefry4x32 key (and
+    from the step key's own generator with ``dropout_prng=None``)."""
     from test_objective import _batch, _config
 
     from trdetr_jax.model import TRDETR, model_inputs, model_kwargs_from_config
 
-    config = _config()
+    config = _config(use_matcher=False)  # the masks are the point here, not the matching
     config.model.input_dropout, config.model.dropout = 0.5, 0.1
     model = TRDETR(**model_kwargs_from_config(config))
     batch = _batch()
-    params = model.init(jax.random.key(0), **model_inputs(batch), train=False)["params"]
+    params = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), **model_inputs(batch), train=False)["params"]
+    )
     loss_fn = objective.make_loss_fn(config)
 
-    @jax.jit
-    def losses(key):  # the default stream, the step key's own, the derived key given as is
-        def total(k, impl):
-            return loss_fn(params, model, batch, train=True, dropout_rng=k, dropout_prng=impl)[0]
+    def key_types(train, **kw):
+        def total(p, key):
+            return loss_fn(p, model, batch, train=train, dropout_rng=key, **kw)[0]
 
-        default = loss_fn(params, model, batch, train=True, dropout_rng=key)[0]
-        return default, total(key, None), total(objective.dropout_key(key), None)
+        jaxpr = jax.make_jaxpr(total)(params, jax.random.key(1))
+        return set(re.findall(r"key<(\w+)>", str(jaxpr)))
 
-    default, own, by_hand = map(float, losses(jax.random.key(1)))
-    assert default == float(losses(jax.random.key(1))[0])
-    assert default != float(losses(jax.random.key(2))[0])
-    assert default == by_hand and default != own
+    assert key_types(True) == {"fry", "fry4"}  # the step key, the masks' key
+    assert key_types(True, dropout_prng=None) == {"fry"}
+    assert key_types(False) == {"fry"}  # no dropout: the key is not used
