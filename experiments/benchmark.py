@@ -16,13 +16,26 @@ to the length buckets and to the maxima, one JSON line each::
 
     python experiments/benchmark.py --config configs/tvsum_i3d.py --steps 8
     python experiments/benchmark.py --config configs/charades_i3d.py --steps 8
+
+``--profile DIR`` times the pieces of the step separately (forward, matcher, losses,
+backward, optimiser, eval forward), prints them with the XLA cost analysis of each compiled
+piece, and writes a ``jax.profiler`` trace of a few steps to DIR. ``--pipeline`` times the
+real training loop (``train.train_and_evaluate``) on a generated QVHighlights-shaped
+dataset against the bare step. ``--dropout-prng`` and ``--xla-flags`` are the A/B
+switches of experiments/PROFILE.md::
+
+    python experiments/benchmark.py --steps 10 --warmup 2 --profile /tmp/trdetr_profile
+    python experiments/benchmark.py --steps 10 --warmup 2 --dropout-prng key   # A/B
+    python experiments/benchmark.py --pipeline --steps 10
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
+import os
 import pathlib
 import resource
 import sys
@@ -31,16 +44,20 @@ import time
 
 import jax
 import numpy as np
+import optax
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from trdetr_jax import data as data_lib  # noqa: E402
+from trdetr_jax import losses, objective, precision, train  # noqa: E402
 from trdetr_jax import mesh as mesh_lib  # noqa: E402
-from trdetr_jax import train  # noqa: E402
 from trdetr_jax.config import get_base_config  # noqa: E402
 from trdetr_jax.data import synthetic  # noqa: E402
-from trdetr_jax.model import TRDETR, model_kwargs_from_config  # noqa: E402
+from trdetr_jax.model import TRDETR, model_inputs, model_kwargs_from_config  # noqa: E402
+
+# --dropout-prng: "key" draws the masks from the step's own key (threefry2x32).
+DROPOUT_PRNGS = ("threefry4x32", "philox4x32", "philox2x32", "rbg", "unsafe_rbg", "key")
 
 
 def synthetic_batch(config, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -187,6 +204,239 @@ def time_pipeline(config, mesh, batch_size: int, args) -> dict:
     }
 
 
+def with_dropout_prng(loss_fn, name: str):
+    """``loss_fn`` drawing its dropout masks from ``name`` (see :data:`DROPOUT_PRNGS`)."""
+    return functools.partial(loss_fn, dropout_prng=None if name == "key" else name)
+
+
+def median_ms(fn, *args, runs: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn(*args)`` in ms, results ready, after ``warmup`` calls."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(1e3 * (time.perf_counter() - t0))
+    return round(float(np.median(times)), 1)
+
+
+def cost(compiled) -> dict[str, float | None]:
+    """GFLOP and GB accessed of a compiled computation (XLA's cost analysis)."""
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list) else (analysis or {})
+    flops, accessed = analysis.get("flops"), analysis.get("bytes accessed")
+    return {
+        "gflop": None if flops is None else round(flops / 1e9, 2),
+        "gbytes": None if accessed is None else round(accessed / 1e9, 2),
+    }
+
+
+def profile_step(args, config, steps, state, batch, dropout_rng, loss_fn, tx) -> dict:
+    """Per-phase times of the train step, each phase jitted on its own (median ms).
+
+    forward: the training forward pass (dropout on); matcher: the cost matrices and the
+    assignment (host callback or device solver) on fixed outputs; loss: the loss terms on
+    fixed outputs and matches; forward+loss: the objective's value; grad: its value and
+    gradient; optimizer: clipping + AdamW on fixed gradients; step: the jitted train step.
+    backward is grad - (forward+loss). The pieces are compiled separately, so XLA cannot
+    share work between them: the sum can exceed the step.
+    """
+    model = TRDETR(**model_kwargs_from_config(config))
+    loss_cfg = losses.LossConfig.from_config(config)
+    params = state.params
+    key = jax.random.fold_in(dropout_rng, 0)
+
+    def forward(p, b, k):
+        rngs = {
+            "dropout": objective.dropout_key(
+                k, loss_fn.keywords.get("dropout_prng", objective.DROPOUT_PRNG)
+            )
+        }
+        return model.apply({"params": p}, **model_inputs(b), train=True, rngs=rngs)
+
+    def match(outputs, b):
+        return objective.match_outputs(outputs, b, loss_cfg, mesh=steps.mesh)
+
+    def loss_terms(outputs, b, matches):
+        return losses.compute_losses(outputs, b, matches, loss_cfg)[0]
+
+    def value(p, b, k):
+        return loss_fn(p, model, b, train=True, dropout_rng=k)[0]
+
+    def optimize(p, o, g):
+        updates, o = tx.update(g, o, p)
+        return optax.apply_updates(p, updates), o
+
+    def evaluate(p, b):
+        return model.apply({"params": p}, **model_inputs(b), train=False)
+
+    def jit(fn, *example):
+        with precision.matmul_precision(args.precision):
+            return jax.jit(fn).lower(*example).compile()
+
+    runs = max(args.steps, 3)
+    pieces, phases = {}, {}
+    compiled = jit(forward, params, batch, key)
+    outputs = compiled(params, batch, key)
+    pieces["forward"] = (compiled, (params, batch, key))
+    compiled = jit(match, outputs, batch)
+    matches = compiled(outputs, batch)
+    pieces["matcher"] = (compiled, (outputs, batch))
+    pieces["loss"] = (jit(loss_terms, outputs, batch, matches), (outputs, batch, matches))
+    pieces["forward+loss"] = (jit(value, params, batch, key), (params, batch, key))
+    grad_fn = jax.value_and_grad(value)
+    compiled = jit(grad_fn, params, batch, key)
+    grads = compiled(params, batch, key)[1]
+    pieces["grad"] = (compiled, (params, batch, key))
+    pieces["optimizer"] = (
+        jit(optimize, params, state.opt_state, grads),
+        (params, state.opt_state, grads),
+    )
+    pieces["eval_forward"] = (jit(evaluate, params, batch), (params, batch))
+    for name, (fn, example) in pieces.items():
+        phases[name] = {"ms": median_ms(fn, *example, runs=runs), **cost(fn)}
+    # the real step (donates its state: feed it back)
+    step = steps.train.lower(state, batch, dropout_rng).compile()
+    phases["step"] = cost(step)
+    times = []
+    for i in range(args.warmup + runs):
+        t0 = time.perf_counter()
+        state, metrics = step(state, batch, dropout_rng)
+        jax.block_until_ready((state, metrics))
+        if i >= args.warmup:
+            times.append(1e3 * (time.perf_counter() - t0))
+    phases["step"]["ms"] = round(float(np.median(times)), 1)
+    phases["backward"] = {"ms": round(phases["grad"]["ms"] - phases["forward+loss"]["ms"], 1)}
+    # the host side of the matcher: the assignment itself, on the step's cost matrices
+    phases["matcher_host"] = {"ms": host_matcher_ms(outputs, batch, loss_cfg, runs)}
+
+    trace_dir = pathlib.Path(args.profile)
+    trace_dir.mkdir(parents=True, exist_ok=True)
+    with jax.profiler.trace(str(trace_dir)):
+        for _ in range(3):
+            state, metrics = step(state, batch, dropout_rng)
+        jax.block_until_ready((state, metrics))
+        jax.block_until_ready(pieces["eval_forward"][0](state.params, batch))
+    found = {"trace_dir": str(trace_dir), "load_avg_1m": round(os.getloadavg()[0], 2)}
+    found["trace_ops_ms"] = trace_op_kinds(trace_dir)
+    print_phases(phases)
+    return {"phases": phases, **found}
+
+
+def trace_op_kinds(trace_dir: pathlib.Path, top: int = 12) -> dict[str, float]:
+    """Thread time (ms) per XLA op kind in the newest trace under ``trace_dir`` (3 train
+    steps and one eval forward): ``ynn_fusion`` / ``dot`` are the matrix products,
+    ``copy_*`` / ``transpose_*`` layout copies, the other fusions elementwise work. Events of
+    the thread pool overlap, so the sum exceeds the wall time."""
+    import collections
+    import gzip
+    import re
+
+    found = sorted(trace_dir.glob("plugins/profile/*/*.trace.json.gz"))
+    if not found:
+        return {}
+    events = json.loads(gzip.decompress(found[-1].read_bytes()))["traceEvents"]
+    runtime = ("ThunkExecutor", "SlinkyThreadPool", "$", "ExecuteReplicated", "CommonPjRt")
+    kinds = collections.Counter()
+    for e in events:
+        if e.get("ph") == "X" and not e["name"].startswith(runtime):
+            kinds[re.sub(r"\.\d+$", "", e["name"])] += e.get("dur", 0)
+    return {k: round(v / 1e3, 1) for k, v in kinds.most_common(top)}
+
+
+def host_matcher_ms(outputs, batch, loss_cfg, runs: int) -> float | None:
+    """Median ms of the host assignment (scipy) alone on this step's cost matrices."""
+    from trdetr_jax import matcher
+
+    layers = [(outputs["pred_logits"], outputs["pred_spans"])]
+    layers += [(a["pred_logits"], a["pred_spans"]) for a in outputs.get("aux_outputs", ())]
+    cost_kw = dict(
+        cost_span=loss_cfg.set_cost_span,
+        cost_giou=loss_cfg.set_cost_giou,
+        cost_class=loss_cfg.set_cost_class,
+    )
+    costs = np.stack(
+        [
+            np.asarray(
+                matcher.match_cost(lg, sp, batch["span_labels"], batch["span_mask"], **cost_kw)
+            )
+            for lg, sp in layers
+        ]
+    )  # [n_layers, B, nq, W]
+    mask = np.broadcast_to(
+        np.asarray(batch["span_mask"])[None], (len(layers),) + batch["span_mask"].shape
+    )
+    return median_ms(lambda: matcher._assign_host(costs, mask), runs=runs, warmup=1)
+
+
+def print_phases(phases: dict) -> None:
+    print(f"{'phase':<14}{'ms':>9}{'GFLOP':>9}{'GB':>8}{'GFLOP/s':>9}", file=sys.stderr)
+    for name, p in phases.items():
+        flops = p.get("gflop")
+        rate = round(flops / p["ms"] * 1e3, 1) if flops and p["ms"] > 0 else ""
+        print(
+            f"{name:<14}{p['ms']:>9}{flops if flops is not None else '':>9}"
+            f"{p.get('gbytes') if p.get('gbytes') is not None else '':>8}{rate:>9}",
+            file=sys.stderr,
+        )
+
+
+def bench_pipeline(args) -> None:
+    """Steps/s of ``train.train_and_evaluate`` on a generated QVHighlights-shaped dataset
+    (one epoch of ``--warmup + --steps`` batches, then a one-example evaluation), against
+    the bare jitted step on the same pipeline batches (:func:`time_pipeline`).
+
+    The loop's rate is the median of its per-step ``steps_per_sec`` records after the
+    warm-up (each record spans one step), so compilation and evaluation are left out.
+    """
+    config = get_base_config()
+    config.model.dtype = args.dtype
+    config.model.matmul_precision = args.precision
+    config.train.matcher = args.matcher
+    batch_size = args.batch_size
+    config.train.batch_size = batch_size
+    config.train.num_epochs = 1
+    config.train.eval_every_epochs = 1
+    config.train.log_every_steps = 1
+    config.train.checkpoint_every_steps = 10**9
+    config.train.eval_batch_size = 1
+    rng = np.random.default_rng(0)
+    n_train = batch_size * (args.steps + args.warmup)
+    video, text = example_lengths(config, n_train + 1, rng)
+    with tempfile.TemporaryDirectory() as root:
+        config = synthetic.write_dataset(config, root, video, text, num_eval=1)
+        config.data.preload = True
+        t0 = time.perf_counter()
+        summary = train.train_and_evaluate(config, str(pathlib.Path(root) / "run"))
+        wall = time.perf_counter() - t0
+        metrics_file = pathlib.Path(root) / "run" / "metrics.jsonl"
+        records = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+        bare = time_pipeline(config, mesh_lib.make_mesh(), batch_size, args)  # cached steps
+    rates = [
+        r["steps_per_sec"]
+        for r in records
+        if r.get("type") == "train" and args.warmup < r["step"] < summary["steps"]
+    ]
+    loop = float(np.median(rates)) if rates else None
+    print(
+        json.dumps(
+            {
+                "mode": "pipeline",
+                "batch_size": batch_size,
+                "steps": summary["steps"],
+                "wall_s": round(wall, 1),
+                "loop_steps_per_s": None if loop is None else round(loop, 3),
+                "bare_step_steps_per_s": round(1.0 / bare["step_s"], 3),
+                "loop_over_bare": None if loop is None else round(loop * bare["step_s"], 3),
+                "mean_padded_video_len": bare["mean_padded_video_len"],
+                "load_avg_1m": round(os.getloadavg()[0], 2),
+            }
+        ),
+        flush=True,
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch-size", type=int, default=None, help="global batch (default 32, "
@@ -203,12 +453,23 @@ def main() -> None:
     p.add_argument(
         "--cpu-devices", type=int, default=None, help="split the CPU into N devices (data parallel)"
     )
+    p.add_argument("--profile", metavar="DIR", default=None, help="per-phase times and cost "
+                   "analysis; a jax.profiler trace to DIR")  # fmt: skip
+    p.add_argument("--pipeline", action="store_true", help="time train.train_and_evaluate on "
+                   "a generated dataset (batch 32: --steps + --warmup batches)")  # fmt: skip
+    p.add_argument("--dropout-prng", default=objective.DROPOUT_PRNG, choices=DROPOUT_PRNGS,
+                   help="bit generator of the dropout masks ('key': the step's own key)")  # fmt: skip
+    p.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS (before JAX starts)")
     args = p.parse_args()
+    if args.xla_flags:
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {args.xla_flags}".strip()
     if args.cpu_devices:
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)  # before any backend use
     if args.config:
         return bench_config(args)
     args.batch_size = args.batch_size or 32
+    if args.pipeline:
+        return bench_pipeline(args)
 
     config = get_base_config()  # QVHighlights SF+CLIP schedule and model
     config.model.dtype = args.dtype
@@ -221,11 +482,13 @@ def main() -> None:
     batches = [synthetic_batch(config, args.batch_size, rng) for _ in range(4)]
     shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batches[0].items()}
     steps_per_epoch = 7293 // args.batch_size  # QVHighlights train split
+    tx = train.make_optimizer(config, steps_per_epoch)
+    loss_fn = with_dropout_prng(train.make_loss_fn(config, mesh), args.dropout_prng)
     steps = train.build_steps(
         mesh,
         TRDETR(**model_kwargs_from_config(config)),
-        train.make_optimizer(config, steps_per_epoch),
-        train.make_loss_fn(config, mesh),
+        tx,
+        loss_fn,
         train.lr_schedule(config, steps_per_epoch),
         shapes,
         matmul_precision=args.precision,
@@ -234,6 +497,13 @@ def main() -> None:
     dropout_rng = jax.random.key(1)
     device_batches = [mesh_lib.device_batch(b, steps.batch_sharding) for b in batches]
 
+    if args.profile:
+        found = profile_step(
+            args, config, steps, state, device_batches[0], dropout_rng, loss_fn, tx
+        )
+        print(json.dumps({"mode": "profile", "dropout_prng": args.dropout_prng,
+                          "xla_flags": os.environ.get("XLA_FLAGS", ""), **found}))  # fmt: skip
+        return
     t0 = time.perf_counter()
     compiled = steps.train.lower(state, device_batches[0], dropout_rng).compile()
     compile_s = time.perf_counter() - t0
@@ -241,11 +511,12 @@ def main() -> None:
     for i in range(args.warmup):
         state, metrics = compiled(state, device_batches[i % 4], dropout_rng)
     jax.block_until_ready(state)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for i in range(args.steps):
         state, metrics = compiled(state, device_batches[i % 4], dropout_rng)
     jax.block_until_ready((state, metrics))
     elapsed = time.perf_counter() - t0
+    cpu_s = time.process_time() - cpu0  # all threads: steadier than wall time under load
     eval_ms = None
     if args.eval:  # the inference forward on the same batches, as the official --eval times it
         forward = steps.eval.lower(state.params, device_batches[0]).compile()
@@ -271,9 +542,13 @@ def main() -> None:
         "compile_s": round(compile_s, 2),
         "steps": args.steps,
         "steps_per_s": round(args.steps / elapsed, 3),
+        "cpu_s_per_step": round(cpu_s / args.steps, 3),
         "examples_per_s": round(args.steps * args.batch_size / elapsed, 1),
         "final_loss": float(metrics["loss"]),
         "eval_forward_ms_median": eval_ms,
+        "dropout_prng": args.dropout_prng,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
         **peak_memory_bytes(),
     }
     print(json.dumps(result))

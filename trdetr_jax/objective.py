@@ -20,6 +20,27 @@ from trdetr_jax.model import model_inputs
 
 OFFICIAL_LOSSES = losses.LossConfig()
 
+# The bit generator of the dropout masks. A training step's dropout key (``fold_in(key(seed),
+# step)``, the default threefry2x32) seeds a key of this implementation, from which every
+# dropout layer draws its masks: the same Bernoulli distribution as masks drawn from the
+# step's key (``jax.random.bernoulli`` in both cases), a different but equally deterministic
+# stream (a resumed run draws the same masks). Why: on CPU, JAX lowers threefry2x32 as a
+# rolled loop over whole arrays, and the masks (~25 M draws per QVHighlights step) cost more
+# than the rest of the forward pass; threefry4x32 is one fused elementwise kernel
+# (experiments/PROFILE.md). None: draw from the step's key as given.
+DROPOUT_PRNG = "threefry4x32"
+
+
+def dropout_key(key: jax.Array, impl: str | None = DROPOUT_PRNG) -> jax.Array:
+    """The key the dropout layers draw from: ``key`` itself when ``impl`` is None or already
+    ``key``'s implementation, else a key of ``impl`` made from bits of ``key``."""
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)  # a raw uint32 key (jax.random.PRNGKey)
+    if impl is None or str(jax.random.key_impl(key)) == impl:
+        return key
+    shape = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0, impl=impl))).shape
+    return jax.random.wrap_key_data(jax.random.bits(key, shape, jnp.uint32), impl=impl)
+
 
 def match_outputs(
     outputs: Mapping[str, Any],
@@ -59,6 +80,7 @@ def loss_fn(
     dropout_rng: jax.Array | None = None,
     loss_cfg: losses.LossConfig = OFFICIAL_LOSSES,
     mesh: jax.sharding.Mesh | None = None,
+    dropout_prng: str | None = DROPOUT_PRNG,
 ) -> tuple[jnp.ndarray, tuple[dict[str, jnp.ndarray], dict[str, Any]]]:
     """Total loss of ``model`` with ``params`` on ``batch``.
 
@@ -72,13 +94,17 @@ def loss_fn(
       loss_cfg: loss weights (:meth:`LossConfig.from_config`).
       mesh: data-parallel mesh with a ``'data'`` axis over which the batch is sharded, so
         the matcher runs per shard; defaults to the mesh of a ``jax.set_mesh`` context.
+      dropout_prng: the dropout masks' bit generator (:data:`DROPOUT_PRNG`; None: the
+        implementation of ``dropout_rng`` itself).
 
     Returns:
       ``(total_loss, (loss_dict, outputs))``; ``outputs`` are the model outputs plus
       ``'matches'`` (None without matching).
     """
     inputs = model_inputs(batch)
-    rngs = {"dropout": dropout_rng} if train and dropout_rng is not None else {}
+    rngs = {}
+    if train and dropout_rng is not None:
+        rngs["dropout"] = dropout_key(dropout_rng, dropout_prng)
     outputs = dict(model.apply({"params": params}, **inputs, train=train, rngs=rngs))
     matches = match_outputs(outputs, batch, loss_cfg, mesh=mesh) if loss_cfg.use_matcher else None
     total, loss_dict = losses.compute_losses(outputs, batch, matches, loss_cfg)

@@ -168,7 +168,8 @@ class WithTables:
         return self._fn(self.tables, *args)
 
     def lower(self, *args):
-        return self._fn.lower(self.tables, *args)
+        """``jit(...).lower`` with the tables bound; its ``compile()`` is called likewise."""
+        return _Bound(self._fn.lower(self.tables, *args), self.tables)
 
     def bind(self, tables) -> WithTables:
         return WithTables(self._fn, tables)
@@ -177,6 +178,22 @@ class WithTables:
     def unbound(self):
         """The jitted function itself, tables first."""
         return self._fn
+
+
+class _Bound:
+    """A lowered or compiled step whose calls get the tables first; the rest delegates."""
+
+    def __init__(self, inner, tables):
+        self._inner, self._tables = inner, tables
+
+    def compile(self, *args, **kwargs):
+        return _Bound(self._inner.compile(*args, **kwargs), self._tables)
+
+    def __call__(self, *args):
+        return self._inner(self._tables, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
 
 
 def gathering(step):

@@ -1,0 +1,67 @@
+"""The dropout masks' bit generator: a threefry4x32 key derived from the step's key."""
+
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from trdetr_jax import objective
+
+
+def test_dropout_key_is_a_deterministic_threefry4x32_key_of_the_step_key():
+    step_key = jax.random.fold_in(jax.random.key(3), 7)
+    a, b = objective.dropout_key(step_key), objective.dropout_key(step_key)
+    assert str(jax.random.key_impl(a)) == "threefry4x32"
+    np.testing.assert_array_equal(jax.random.key_data(a), jax.random.key_data(b))
+    other = objective.dropout_key(jax.random.fold_in(jax.random.key(3), 8))
+    assert not np.array_equal(jax.random.key_data(a), jax.random.key_data(other))
+    # a raw uint32 key is the same key as its typed form
+    raw = objective.dropout_key(jax.random.key_data(step_key))
+    np.testing.assert_array_equal(jax.random.key_data(raw), jax.random.key_data(a))
+    # None, or a key of the implementation already: the key itself
+    assert objective.dropout_key(step_key, None) is step_key
+    assert objective.dropout_key(a) is a
+
+
+@pytest.mark.parametrize("rate", [0.5, 0.1])
+def test_dropout_masks_from_the_derived_key_keep_the_bernoulli_rate(rate):
+    key = objective.dropout_key(jax.random.key(0))
+    x = jnp.ones((64, 75, 64), jnp.float32)  # 307200 draws
+    y = nn.Dropout(rate).apply({}, x, deterministic=False, rngs={"dropout": key})
+    kept = np.asarray(y) != 0
+    n, keep = kept.size, 1.0 - rate
+    assert abs(kept.mean() - keep) < 5 * np.sqrt(keep * rate / n)
+    np.testing.assert_allclose(np.asarray(y)[kept], 1.0 / keep, rtol=1e-6)
+    # rows are not copies of each other (the counter covers the whole array)
+    assert not np.array_equal(kept[0], kept[1]) and not np.array_equal(kept[:, 0], kept[:, 1])
+
+
+def test_the_objective_draws_its_dropout_masks_from_the_derived_key():
+    """Traced, not compiled: the training loss's masks come from a threefry4x32 key (and
+    from the step key's own generator with ``dropout_prng=None``)."""
+    from test_objective import _batch, _config
+
+    from trdetr_jax.model import TRDETR, model_inputs, model_kwargs_from_config
+
+    config = _config(use_matcher=False)  # the masks are the point here, not the matching
+    config.model.input_dropout, config.model.dropout = 0.5, 0.1
+    model = TRDETR(**model_kwargs_from_config(config))
+    batch = _batch()
+    params = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), **model_inputs(batch), train=False)["params"]
+    )
+    loss_fn = objective.make_loss_fn(config)
+
+    def key_types(train, **kw):
+        def total(p, key):
+            return loss_fn(p, model, batch, train=train, dropout_rng=key, **kw)[0]
+
+        jaxpr = jax.make_jaxpr(total)(params, jax.random.key(1))
+        return set(re.findall(r"key<(\w+)>", str(jaxpr)))
+
+    assert key_types(True) == {"fry", "fry4"}  # the step key, the masks' key
+    assert key_types(True, dropout_prng=None) == {"fry"}
+    assert key_types(False) == {"fry"}  # no dropout: the key is not used
