@@ -387,8 +387,9 @@ def bench_pipeline(args) -> None:
     (one epoch of ``--warmup + --steps`` batches, then a one-example evaluation), against
     the bare jitted step on the same pipeline batches (:func:`time_pipeline`).
 
-    The loop's rate is the median of its per-step ``steps_per_sec`` records after the
-    warm-up (each record spans one step), so compilation and evaluation are left out.
+    The loop's rate is the steps after the warm-up over the time their ``steps_per_sec``
+    records span, so compilation and evaluation are left out. ``--set KEY=VALUE`` overrides
+    the config (``data.features_on_device=on``, ``train.steps_per_dispatch=4``).
     """
     config = get_base_config()
     config.model.dtype = args.dtype
@@ -401,6 +402,9 @@ def bench_pipeline(args) -> None:
     config.train.log_every_steps = 1
     config.train.checkpoint_every_steps = 10**9
     config.train.eval_batch_size = 1
+    from trdetr_jax.predict import apply_overrides
+
+    apply_overrides(config, args.set)  # e.g. data.features_on_device=on
     rng = np.random.default_rng(0)
     n_train = batch_size * (args.steps + args.warmup)
     video, text = example_lengths(config, n_train + 1, rng)
@@ -418,11 +422,14 @@ def bench_pipeline(args) -> None:
         for r in records
         if r.get("type") == "train" and args.warmup < r["step"] < summary["steps"]
     ]
-    loop = float(np.median(rates)) if rates else None
+    # Steps over the time they took (each record spans the steps since the previous one:
+    # one, or none for all but the first step of a chunk).
+    loop = len(rates) / sum(1.0 / r for r in rates) if rates else None
     print(
         json.dumps(
             {
                 "mode": "pipeline",
+                "set": args.set,
                 "batch_size": batch_size,
                 "steps": summary["steps"],
                 "wall_s": round(wall, 1),
@@ -459,6 +466,8 @@ def main() -> None:
                    "a generated dataset (batch 32: --steps + --warmup batches)")  # fmt: skip
     p.add_argument("--dropout-prng", default=objective.DROPOUT_PRNG, choices=DROPOUT_PRNGS,
                    help="bit generator of the dropout masks ('key': the step's own key)")  # fmt: skip
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="--pipeline: a config override, e.g. train.steps_per_dispatch=4")  # fmt: skip
     p.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS (before JAX starts)")
     args = p.parse_args()
     if args.xla_flags:
