@@ -181,6 +181,15 @@ def get_base_config() -> config_dict.ConfigDict:
     # Hungarian assignment: 'scipy' (host callback, the reference) or 'device' (inside the
     # step: no host round trip per step; ties may be broken differently, see matcher.py).
     train.matcher = "scipy"
+    # Several seeds in one run (trdetr_jax/seeds.py): K models trained at once by one
+    # compiled step, seeds config.seed + k (k < num_seeds), or the explicit list `seeds`.
+    train.num_seeds = 1
+    train.seeds = ()
+    # How the K seeds' batches share a step when they fall in different length buckets:
+    # 'exact' runs one call per bucket pair among them (each seed sees the shapes, hence the
+    # dropout masks, of its single run); 'common' pads all to the largest (one call a step;
+    # dropout draws per padded position, so a seed padded further gets other masks).
+    train.seed_padding = "exact"
     config.train = train
 
     # ------------------------------------------------------------------ eval
