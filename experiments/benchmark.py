@@ -36,6 +36,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from trdetr_jax import data as data_lib  # noqa: E402
+from trdetr_jax import mesh as mesh_lib  # noqa: E402
 from trdetr_jax import train  # noqa: E402
 from trdetr_jax.config import get_base_config  # noqa: E402
 from trdetr_jax.data import synthetic  # noqa: E402
@@ -120,8 +121,8 @@ def bench_config(args) -> None:
     batch_size = args.batch_size or base.train.batch_size
     base.train.batch_size = batch_size
     devices = jax.devices()[: args.devices] if args.devices else jax.devices()
-    mesh = train.make_mesh(devices)
-    train.check_batch_size(batch_size, mesh, "--batch-size")
+    mesh = mesh_lib.make_mesh(devices)
+    mesh_lib.check_batch_size(batch_size, mesh, "--batch-size")
     rng = np.random.default_rng(0)
     video, text = example_lengths(base, args.examples, rng)
     with tempfile.TemporaryDirectory() as root:
@@ -139,7 +140,7 @@ def time_pipeline(config, mesh, batch_size: int, args) -> dict:
     steps = train.cached_steps(config, mesh, n_steps, train.abstract_batch(train_ds, batch_size))
     host = list(train.train_batches(train_ds, batch_size, seed=config.seed, epoch=0, start_step=0))
     host = [host[i % len(host)] for i in range(args.steps)]
-    batches = [train.device_batch(b, steps.batch_sharding) for b in host]
+    batches = [mesh_lib.device_batch(b, steps.batch_sharding) for b in host]
     state = steps.init(jax.random.key(0))
     dropout_rng = jax.random.key(1)
     t0 = time.perf_counter()
@@ -214,8 +215,8 @@ def main() -> None:
     config.model.matmul_precision = args.precision
     config.train.matcher = args.matcher
     devices = jax.devices()[: args.devices] if args.devices else jax.devices()
-    mesh = train.make_mesh(devices)
-    train.check_batch_size(args.batch_size, mesh, "--batch-size")
+    mesh = mesh_lib.make_mesh(devices)
+    mesh_lib.check_batch_size(args.batch_size, mesh, "--batch-size")
     rng = np.random.default_rng(0)
     batches = [synthetic_batch(config, args.batch_size, rng) for _ in range(4)]
     shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batches[0].items()}
@@ -231,7 +232,7 @@ def main() -> None:
     )
     state = steps.init(jax.random.key(0))
     dropout_rng = jax.random.key(1)
-    device_batches = [train.device_batch(b, steps.batch_sharding) for b in batches]
+    device_batches = [mesh_lib.device_batch(b, steps.batch_sharding) for b in batches]
 
     t0 = time.perf_counter()
     compiled = steps.train.lower(state, device_batches[0], dropout_rng).compile()

@@ -28,7 +28,10 @@ def demo_config():
     spec = importlib.util.spec_from_file_location("demo_config", ROOT / "configs" / "demo.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    config = module.get_config()
+    # The test modules choose their compilation cache (enable_compilation_cache).
+    config.train.compilation_cache_dir = ""
+    return config
 
 
 def tiny_config(cache_dir: pathlib.Path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from test_data_readers import qvh_config, write_qvh
 
-from trdetr_jax import data, train
+from trdetr_jax import data, inference, train
 from trdetr_jax.data import buckets, synthetic
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -143,7 +143,7 @@ def test_eval_batches_keep_the_official_groups_and_ignore_padding_rows(tmp_path)
     assert batches[2][0]["official_vid_len"][0] == 4 and batches[2][0]["src_vid"].shape[1] == 5
     # Two processes: process 1 holds rows 2, 3 (in the last batch: example 7 and a padding
     # row); both see the official lengths of the whole group.
-    p1 = list(train.eval_batches(ev, 3, pad_to=4, process_index=1, process_count=2))
+    p1 = list(inference.eval_batches(ev, 3, pad_to=4, process_index=1, process_count=2))
     assert [[m["qid"] for m in ms] for _, ms in p1] == groups  # metas of the global batch
     for (b, _), (full, _) in zip(p1, batches):
         np.testing.assert_array_equal(b["official_vid_len"], full["official_vid_len"][2:])

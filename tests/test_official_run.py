@@ -272,7 +272,7 @@ def _direct_rows(converted: str, data_dir: str, batch_size: int):
     import jax
 
     from trdetr_jax import data as data_lib
-    from trdetr_jax import evaluation, predict, train
+    from trdetr_jax import evaluation, inference, predict
     from trdetr_jax.evaluation.postprocess import foreground_prob
     from trdetr_jax.model import TRDETR, model_kwargs_from_config
 
@@ -296,7 +296,7 @@ def _direct_rows(converted: str, data_dir: str, batch_size: int):
             max_windows=ds.max_windows,
         )
         out = jax.device_get(apply({"params": params}, **model_inputs(batch)))
-        out = {k: np.asarray(out[k]) for k in train.EVAL_OUTPUT_KEYS}
+        out = {k: np.asarray(out[k]) for k in inference.EVAL_OUTPUT_KEYS}
         metas = [ds.rows[i] for i in idx]
         args = (out["pred_logits"], out["pred_spans"], out["saliency_scores"], out["video_mask"])
         snapped += evaluation.predictions_to_rows(*args, metas, mode="official")

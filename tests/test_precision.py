@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import pytest
 from _tiny_run import tiny_config
 
-from trdetr_jax import precision, train
+from trdetr_jax import inference, precision, train
+from trdetr_jax import mesh as mesh_lib
 from trdetr_jax.model import TRDETR, model_kwargs_from_config
 
 B, L_V, L_T, D = 2, 12, 8, 16
@@ -54,8 +55,8 @@ def test_eval_step_lowers_with_the_configured_precision(tmp_path, value, expecte
             jax.random.key(0), **{k: jnp.zeros(v.shape, v.dtype) for k, v in inputs.items()}
         )["params"]
     )
-    step = train.jit_eval_step(
-        train.make_mesh(jax.devices()[:1]), model, None, precision.of_config(config)
+    step = inference.jit_eval_step(
+        mesh_lib.make_mesh(jax.devices()[:1]), model, None, precision.of_config(config)
     )
     found = _dot_precisions(step.lower(params, inputs).as_text())
     assert all(expected in f for f in found), sorted(set(found))
@@ -67,7 +68,7 @@ def test_eval_step_lowers_with_the_configured_precision(tmp_path, value, expecte
 def test_train_step_lowers_with_the_configured_precision(tmp_path):
     config = tiny_config(tmp_path)
     config.model.matmul_precision = "tensorfloat32"
-    mesh = train.make_mesh(jax.devices()[:1])
+    mesh = mesh_lib.make_mesh(jax.devices()[:1])
     inputs = _abstract_inputs()
     steps = train.build_steps(
         mesh,

@@ -22,7 +22,7 @@ import pytest
 from _tiny_run import ROOT, enable_compilation_cache, tiny_config
 from test_resume import records, saved  # one copy of the checkpoint / metrics readers
 
-from trdetr_jax import checkpointing, evaluate, train
+from trdetr_jax import checkpointing, errors, evaluate, rundir, train
 
 
 class Interrupt(Exception):
@@ -116,7 +116,7 @@ def test_refused_resume_changes_nothing(partial, cache_dir, tmp_path, change, li
     for key, value in change.items():
         section, _, name = key.rpartition(".")
         (config[section] if section else config)[name] = value
-    with pytest.raises(train.RunError, match="cannot resume") as info:
+    with pytest.raises(errors.RunError, match="cannot resume") as info:
         train.train_and_evaluate(config, str(workdir))
     message = str(info.value)
     assert "\n" not in message and listed in message
@@ -128,9 +128,9 @@ def test_refused_resume_changes_nothing(partial, cache_dir, tmp_path, change, li
 def test_allowed_changes_are_not_refused():
     old = {"seed": 1, "optim": {"lr": 1e-4}, "model": {"dropout": 0.1, "hidden_dim": 8}}
     new = {"seed": 1, "optim": {"lr": 1e-3}, "model": {"dropout": 0.2, "hidden_dim": 8}}
-    assert train.resume_conflicts(old, new) == []
+    assert rundir.resume_conflicts(old, new) == []
     new["model"]["hidden_dim"] = 16
-    assert train.resume_conflicts(old, new) == ["model.hidden_dim 8 -> 16"]
+    assert rundir.resume_conflicts(old, new) == ["model.hidden_dim 8 -> 16"]
 
 
 # ------------------------------------------------------------------ damaged checkpoints
@@ -200,7 +200,7 @@ def test_every_checkpoint_damaged_is_one_error(partial, cache_dir, tmp_path):
     for step_dir in (workdir / "checkpoints").iterdir():
         if step_dir.name.isdigit():
             damage(step_dir, "garble:loop")
-    with pytest.raises(train.RunError, match="no checkpoint of .* can be read") as info:
+    with pytest.raises(errors.RunError, match="no checkpoint of .* can be read") as info:
         train.train_and_evaluate(config_of(cache_dir), str(workdir))
     assert "\n" not in str(info.value)
 
@@ -321,9 +321,9 @@ def test_unwritable_workdir_is_refused_before_anything(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(train.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(rundir.tempfile, "mkstemp", denied)
     workdir = tmp_path / "new" / "run"
-    with pytest.raises(train.RunError, match=r"cannot write in .*\(Permission denied\)$"):
+    with pytest.raises(errors.RunError, match=r"cannot write in .*\(Permission denied\)$"):
         train.train_and_evaluate(config_of(tmp_path), str(workdir))
     assert not (tmp_path / "new").exists() and not (tmp_path / "demo").exists()
 

@@ -43,14 +43,31 @@ def test_cells_get_their_configs_and_switches(reproduce):
 
 def test_table_prints_paper_beside_mean_and_std(reproduce, monkeypatch):
     monkeypatch.setitem(reproduce.PAPER[3]["BK"], "mAP", 91.0)
+    monkeypatch.setitem(reproduce.PAPER[3]["VT"], "mAP", None)
     bk = [c for c in reproduce.TABLES[3] if c.name in ("BK", "VT")]
     text = reproduce.format_table(3, {"BK": [{"mAP": 0.8}, {"mAP": 0.9}]}, bk)
     lines = text.splitlines()
     assert lines[0] == "Table 3"
     assert lines[2] == "VT | - / -"
     assert lines[3] == "BK | 91.00 / 85.00±7.07"  # TVSum mAP: fraction -> percent
+    monkeypatch.setitem(reproduce.PAPER[2]["VGG"], "MR-full-R1@0.5", 52.5)
+    monkeypatch.setitem(reproduce.PAPER[2]["VGG"], "MR-full-R1@0.7", None)
     one = reproduce.format_table(2, {"VGG": [{"MR-full-R1@0.5": 50.0}]}, reproduce.TABLES[2][:1])
-    assert one.splitlines()[-1] == "VGG | - / 50.00 | - / -"
+    assert one.splitlines()[-1] == "VGG | 52.50 / 50.00 | - / -"
+
+
+def test_paper_values_are_percentages_and_empty_only_where_unsourced(reproduce):
+    empty = set()
+    for t, cells in reproduce.PAPER.items():
+        for cell, metrics in cells.items():
+            for metric, value in metrics.items():
+                if value is None:
+                    empty.add((t, cell))
+                else:  # percent as printed in the paper, never a fraction
+                    assert isinstance(value, float) and 1.0 < value <= 100.0, (t, cell, metric)
+    # The cells no source gives (see the PAPER comments); everything else is filled.
+    unsourced = {(2, "I3D")} | {(4, c.name) for c in reproduce.TABLES[4]}
+    assert empty == unsourced
 
 
 @pytest.mark.slow

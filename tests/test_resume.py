@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 from _tiny_run import ROOT, enable_compilation_cache, tiny_config
 
-from trdetr_jax import checkpointing, train
+from trdetr_jax import checkpointing, errors, train
 
 
 class Interrupt(Exception):
@@ -185,7 +185,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(cache_dir, tmp_path
             yield batch
 
     monkeypatch.setattr(train, "train_batches", poisoned)
-    with pytest.raises(train.NonFiniteLossError, match=r"loss became nan at step 6.*checkpoint"):
+    with pytest.raises(errors.NonFiniteLossError, match=r"loss became nan at step 6.*checkpoint"):
         train.train_and_evaluate(run_config(cache_dir), str(workdir))
     params, loop = saved(workdir)
     assert loop["step"] == 4  # the save due at step 6 did not happen

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from _tiny_run import enable_compilation_cache, tiny_config
 
-from trdetr_jax import runlog, train
+from trdetr_jax import inference, runlog, train
+from trdetr_jax import mesh as mesh_lib
 from trdetr_jax.model import TRDETR, model_kwargs_from_config
 
 
@@ -28,7 +29,7 @@ def build(config, devices, *, count_traces: bool = True) -> Setup:
     # One padded shape (the maxima): these tests count compilations and compare losses.
     config.data.length_buckets = False
     config, train_ds, _ = train.load_datasets(config)
-    mesh = train.make_mesh(devices)
+    mesh = mesh_lib.make_mesh(devices)
     bs = config.train.batch_size
     n_steps = train.steps_per_epoch(train_ds, bs)
     batches = list(train.train_batches(train_ds, bs, seed=config.seed, epoch=0, start_step=0))
@@ -71,14 +72,14 @@ def run(setup: Setup, batches, n_steps: int):
     rng = jax.random.key(1)
     losses = []
     for i in range(n_steps):
-        batch = train.device_batch(batches[i % len(batches)], setup.steps.batch_sharding)
+        batch = mesh_lib.device_batch(batches[i % len(batches)], setup.steps.batch_sharding)
         state, metrics = setup.steps.train(state, batch, rng)
         losses.append(float(metrics["loss"]))
     return state, losses
 
 
 def test_a_few_steps_lower_the_loss(one_device):
-    batch = train.device_batch(one_device.batches[0], one_device.steps.batch_sharding)
+    batch = mesh_lib.device_batch(one_device.batches[0], one_device.steps.batch_sharding)
     loss_fn = train.make_loss_fn(one_device.config, one_device.steps.mesh)
     model = TRDETR(**model_kwargs_from_config(one_device.config))
     eval_loss = jax.jit(lambda p, b: loss_fn(p, model, b, train=False)[0])
@@ -108,7 +109,7 @@ def test_four_devices_give_the_loss_of_one(one_device, cache_dir):
     assert len(jax.devices()) >= 4, "conftest.py asks XLA for 4 host devices"
     four = build(tiny_config(cache_dir / "demo"), jax.devices()[:4], count_traces=False)
     assert four.steps.mesh.devices.size == 4
-    batch = train.device_batch(four.batches[0], four.steps.batch_sharding)
+    batch = mesh_lib.device_batch(four.batches[0], four.steps.batch_sharding)
     # The global batch of 4 really is split: one example per device.
     assert {s.data.shape[0] for s in batch["src_vid"].addressable_shards} == {1}
     state1, losses1 = run(one_device, one_device.batches, 3)
@@ -143,13 +144,13 @@ def test_eval_batch_size_rounds_up_and_predicts_every_query(cache_dir, tmp_path,
     config = tiny_config(cache_dir / "demo")
     config.train.eval_batch_size = 5  # not a multiple of the 4 devices: rounds up to 8
     config.train.num_epochs = 1
-    sizes, evaluate = [], train.evaluate
+    sizes, evaluate = [], inference.evaluate_split
 
-    def spy(steps, params, eval_ds, config, batch_size):
+    def spy(eval_fn, sharding, params, eval_ds, config, batch_size):
         sizes.append(batch_size)
-        return evaluate(steps, params, eval_ds, config, batch_size)
+        return evaluate(eval_fn, sharding, params, eval_ds, config, batch_size)
 
-    monkeypatch.setattr(train, "evaluate", spy)
+    monkeypatch.setattr(inference, "evaluate_split", spy)
     train.train_and_evaluate(config, str(tmp_path / "run"))
     assert sizes == [8]
     _, _, eval_ds = train.load_datasets(config)

@@ -181,6 +181,10 @@ def get_base_config() -> config_dict.ConfigDict:
     # Hungarian assignment: 'scipy' (host callback, the reference) or 'device' (inside the
     # step: no host round trip per step; ties may be broken differently, see matcher.py).
     train.matcher = "scipy"
+    # XLA's persistent compilation cache ('' = off): a rerun of the same config loads the eval
+    # step, and with matcher='device' the train step, instead of compiling it (see
+    # trdetr_jax/compile_cache.py).
+    train.compilation_cache_dir = "~/.cache/trdetr_jax/xla"
     # Several seeds in one run (trdetr_jax/seeds.py): K models trained at once by one
     # compiled step, seeds config.seed + k (k < num_seeds), or the explicit list `seeds`.
     train.num_seeds = 1

@@ -96,8 +96,8 @@ def resolve_gt(spec: str) -> pathlib.Path:
 
 def _predict(args, gt_path: pathlib.Path) -> list[dict]:
     from trdetr_jax.data import DataError
+    from trdetr_jax.errors import RunError
     from trdetr_jax.predict import predict_rows
-    from trdetr_jax.train import RunError
 
     try:
         return predict_rows(

@@ -96,13 +96,13 @@ def main(argv: list[str]) -> None:
     # Libraries (Orbax: several lines per checkpoint) log at INFO too; keep their warnings
     # and errors, and this package's INFO lines.
     logging.get_absl_handler().addFilter(_OwnInfoOnly())
-    from trdetr_jax import train
+    from trdetr_jax import errors, train
     from trdetr_jax.data import DataError
 
     workdir = FLAGS.workdir or default_workdir(FLAGS["config"].config_filename)
     try:
         train.train_and_evaluate(FLAGS.config, workdir)
-    except (train.NonFiniteLossError, train.RunError, DataError, OSError) as e:
+    except (errors.NonFiniteLossError, errors.RunError, DataError, OSError) as e:
         # Errors the user acts on (bad data or settings, a diverged run, an unwritable
         # folder): one clear line on stderr, no traceback unless --traceback.
         if FLAGS.traceback:

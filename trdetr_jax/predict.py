@@ -24,7 +24,8 @@ from typing import Any
 import ml_collections
 import orbax.checkpoint as ocp
 
-from trdetr_jax import checkpointing, files, precision, train
+from trdetr_jax import checkpointing, compile_cache, errors, files, inference, precision, train
+from trdetr_jax import mesh as mesh_lib
 
 PARAMS_SUBDIR = "params"
 
@@ -41,14 +42,14 @@ def _tuples(obj: Any) -> Any:
 def load_config(checkpoint_dir: str | pathlib.Path) -> ml_collections.ConfigDict:
     path = pathlib.Path(checkpoint_dir) / checkpointing.CONFIG_FILE
     if not path.exists():
-        raise train.RunError(
+        raise errors.RunError(
             f"{path} not found: a checkpoint directory needs the config.json the training run "
             "(or trdetr_jax.convert) wrote beside its checkpoints"
         )
     try:
         return ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
     except (OSError, ValueError) as e:
-        raise train.RunError(f"{path}: cannot read the recorded configuration ({e})") from None
+        raise errors.RunError(f"{path}: cannot read the recorded configuration ({e})") from None
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
@@ -56,7 +57,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep:
-            raise train.RunError(f"override {item!r} is not of the form key=value")
+            raise errors.RunError(f"override {item!r} is not of the form key=value")
         try:
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
@@ -65,10 +66,10 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
         node = config
         for name in parents:
             if name not in node:
-                raise train.RunError(f"override {item!r}: no config field {key!r}")
+                raise errors.RunError(f"override {item!r}: no config field {key!r}")
             node = node[name]
         if leaf not in node:
-            raise train.RunError(f"override {item!r}: no config field {key!r}")
+            raise errors.RunError(f"override {item!r}: no config field {key!r}")
         node[leaf] = value
 
 
@@ -89,7 +90,7 @@ def restore_params(
             best = ckpt.best_step()
             candidates = ckpt.candidate_steps(best_first=True)
             if not candidates:
-                raise train.RunError(f"no complete checkpoint in {run_dir}")
+                raise errors.RunError(f"no complete checkpoint in {run_dir}")
 
             def on_damaged(step: int, reason: str) -> None:
                 logging.warning(
@@ -101,7 +102,7 @@ def restore_params(
         finally:
             ckpt.close()
         if found is None:
-            raise train.RunError(
+            raise errors.RunError(
                 f"no checkpoint of {run_dir} can be read (steps {', '.join(map(str, candidates))})"
             )
         step, state, _ = found
@@ -112,7 +113,7 @@ def restore_params(
         with ocp.StandardCheckpointer() as ckptr:
             params = ckptr.restore(params_dir.resolve(), abstract_state.params)
         return params, {"source": str(params_dir), "step": None, "which": "converted"}
-    raise train.RunError(
+    raise errors.RunError(
         f"{checkpoint_dir} holds neither {checkpointing.CHECKPOINT_SUBDIR}/ (a training "
         f"workdir) nor {PARAMS_SUBDIR}/ (a converted checkpoint)"
     )
@@ -138,10 +139,11 @@ def predict_rows(
     if feature_root is not None:
         config.data.feature_root = str(feature_root)
     apply_overrides(config, overrides)
+    compile_cache.enable(config.train.get("compilation_cache_dir"))
     config = data_lib.resolve_config(config)
 
     eval_ds = data_lib.build_eval_dataset(config)
-    mesh = train.make_mesh()
+    mesh = mesh_lib.make_mesh()
     n_dev = mesh.devices.size
     batch_size = -(-config.train.eval_batch_size // n_dev) * n_dev
     model = TRDETR(**model_kwargs_from_config(config))
@@ -156,7 +158,7 @@ def predict_rows(
         matmul_precision=precision.of_config(config),
     )
     params, _ = restore_params(checkpoint_dir, steps.abstract_state)
-    return train.predict_split(
+    return inference.predict_split(
         steps.eval, steps.batch_sharding, params, eval_ds, config, batch_size
     )
 
@@ -192,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.checkpoint, args.queries, feature_root=args.feature_root, overrides=args.override
         )
         files.write_jsonl_atomic(pathlib.Path(args.out), rows)
-    except (train.RunError, DataError, OSError) as e:
+    except (errors.RunError, DataError, OSError) as e:
         if args.traceback:
             raise
         text = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else e

@@ -97,11 +97,11 @@ class Predictor:
         self.max_batch = int(max_batch)
         self.max_moments = int(config.eval.max_after_nms if max_moments is None else max_moments)
         if forward is None:
-            from trdetr_jax import train
+            from trdetr_jax import inference
             from trdetr_jax.model import TRDETR, model_kwargs_from_config
 
             model = TRDETR(**model_kwargs_from_config(config))
-            forward = jax.jit(functools.partial(train.eval_step, model=model))
+            forward = jax.jit(functools.partial(inference.eval_step, model=model))
             params = jax.device_put(jax.device_get(params), jax.devices()[0])
         self.params = params
         self._forward = forward
@@ -112,6 +112,7 @@ class Predictor:
         """The model of a training workdir (its best checkpoint, else the latest) or of a
         folder written by ``python -m trdetr_jax.official.convert``; config from
         ``DIR/config.json``. ``kwargs`` go to :class:`Predictor`."""
+        from trdetr_jax import mesh as mesh_lib
         from trdetr_jax import predict, train
         from trdetr_jax.model import TRDETR, model_kwargs_from_config
 
@@ -125,7 +126,7 @@ class Predictor:
         }
         if a_dim is not None:
             shapes["src_aud"] = (1, config.data.max_v_l, a_dim)
-        mesh = train.make_mesh(jax.devices()[:1])
+        mesh = mesh_lib.make_mesh(jax.devices()[:1])
         steps = train.build_steps(
             mesh,
             TRDETR(**model_kwargs_from_config(config)),
@@ -304,9 +305,9 @@ class Predictor:
         return batch
 
     def _postprocess(self) -> dict[str, Any]:
-        from trdetr_jax import train
+        from trdetr_jax import inference
 
-        return train.postprocess_kwargs(self.config)
+        return inference.postprocess_kwargs(self.config)
 
     def _rows(self, out: dict[str, np.ndarray], duration: float, kwargs) -> list[dict]:
         """Moments and saliency of each window of ``out``, by the evaluation's

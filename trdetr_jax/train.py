@@ -1,13 +1,18 @@
-"""Training and evaluation loop for TR-DETR.
+"""Training loop for TR-DETR.
 
 Layout follows the flax examples (lm1b / imagenet): :func:`create_train_state`,
-:func:`train_step`, :func:`eval_step` and :func:`train_and_evaluate`.
+:func:`train_step` and :func:`train_and_evaluate`. Around it:
 
-Parallelism: one ``jax.jit`` per step function over a ``('data',)`` mesh of every device
-(``jax.make_mesh``); parameters and optimiser state are replicated, batches are sharded on
-their leading axis, so the *global* batch ``config.train.batch_size`` is split across devices
-and the loss is the loss of the global batch whatever the device count. On several hosts each
-process feeds its rows of the global batch through ``jax.make_array_from_process_local_data``.
+- :mod:`trdetr_jax.mesh`: the ``('data',)`` mesh over every device, batches onto it, outputs
+  back to the host;
+- :mod:`trdetr_jax.inference`: the eval step and predicting / scoring a split (shared with
+  ``evaluate``, ``predict`` and the Predictor);
+- :mod:`trdetr_jax.rundir`: what a workdir allows (writable, resumable, which checkpoint);
+- :mod:`trdetr_jax.data`: the data pipeline (datasets, seeded batches).
+
+Parallelism: parameters and optimiser state are replicated, batches are sharded on their
+leading axis, so the *global* batch ``config.train.batch_size`` is split across devices and
+the loss is the loss of the global batch whatever the device count.
 
 Determinism and resumption: data order and saliency-pair sampling are seeded by
 (seed, epoch) in the data pipeline, dropout keys are ``fold_in(key(seed), step)``, and the
@@ -19,12 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
 import pathlib
-import tempfile
 import time
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 import jax
@@ -32,27 +33,25 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import logging
 from flax import struct
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from trdetr_jax import checkpointing, files, precision, runlog
+from trdetr_jax import checkpointing, compile_cache, files, inference, precision, runlog
+from trdetr_jax import mesh as mesh_lib
+from trdetr_jax.errors import NonFiniteLossError, RunError
 from trdetr_jax.model import model_inputs
+from trdetr_jax.rundir import (
+    check_resumable,
+    check_workdir,
+    config_diff,
+    config_to_dict,
+    has_checkpoints,
+    resume_point,
+    saved_config,
+)
 
 Batch = dict[str, np.ndarray]
-
-# Model outputs the evaluation needs on the host.
-EVAL_OUTPUT_KEYS = ("pred_logits", "pred_spans", "saliency_scores", "video_mask")
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Raised when the training loss becomes NaN or Inf."""
-
-
-class RunError(ValueError):
-    """The run cannot go ahead as asked (workdir, resume, checkpoints); the message says why
-    and what to do. Raised before anything in the workdir is changed, unless it says so."""
 
 
 # ----------------------------------------------------------------------------- state
@@ -149,24 +148,7 @@ def train_step(
     return new_state, metrics
 
 
-def eval_step(params: Any, batch: dict[str, jax.Array], *, model) -> dict[str, jax.Array]:
-    """Forward pass in inference mode; returns the outputs the post-processing needs."""
-    outputs = model.apply({"params": params}, **model_inputs(batch), train=False)
-    return {k: outputs[k] for k in EVAL_OUTPUT_KEYS}
-
-
 # ------------------------------------------------------------------------ sharding
-
-
-def make_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
-    """A 1-d ``('data',)`` mesh over ``devices`` (default: every device of every process)."""
-    devices = list(jax.devices() if devices is None else devices)
-    return jax.make_mesh(
-        (len(devices),),
-        ("data",),
-        axis_types=(jax.sharding.AxisType.Auto,),
-        devices=devices,
-    )
 
 
 def check_train_config(tcfg: ml_collections.ConfigDict) -> None:
@@ -182,16 +164,6 @@ def check_train_config(tcfg: ml_collections.ConfigDict) -> None:
         value = tcfg[name]
         if not isinstance(value, int) or value < 1:
             raise RunError(f"config.train.{name} must be a positive integer, got {value!r}")
-
-
-def check_batch_size(batch_size: int, mesh: jax.sharding.Mesh, what: str) -> None:
-    n = mesh.devices.size
-    if batch_size % n:
-        raise RunError(
-            f"{what}={batch_size} is not divisible by the number of devices ({n}): the global "
-            f"batch is split evenly across devices. Use a multiple of {n}, e.g. "
-            f"--config.train.batch_size={max(n, batch_size // n * n)}."
-        )
 
 
 @dataclasses.dataclass
@@ -240,7 +212,7 @@ def build_steps(
         donate_argnames=("state",),
     )
     init, train = (precision.with_matmul_precision(f, matmul_precision) for f in (init, train))
-    evaluate = jit_eval_step(mesh, model, state_sharding.params, matmul_precision)
+    evaluate = inference.jit_eval_step(mesh, model, state_sharding.params, matmul_precision)
     abstract = jax.tree.map(
         lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), shapes, state_sharding
     )
@@ -290,89 +262,6 @@ def cached_steps(
     return _STEPS_CACHE[key]
 
 
-def jit_eval_step(
-    mesh: jax.sharding.Mesh,
-    model,
-    params_sharding: Any = None,
-    matmul_precision: str = precision.DEFAULT,
-):
-    """``eval_step`` jitted over ``mesh``: replicated params, batch-sharded inputs/outputs."""
-    if params_sharding is None:
-        params_sharding = NamedSharding(mesh, P())
-    data = NamedSharding(mesh, P("data"))
-    step = jax.jit(
-        functools.partial(eval_step, model=model),
-        in_shardings=(params_sharding, data),
-        out_shardings=data,
-    )
-    return precision.with_matmul_precision(step, matmul_precision)
-
-
-def process_rows(sharding: NamedSharding, global_size: int) -> slice:
-    """The rows of a batch-sharded global array that this process's devices hold."""
-    index_map = sharding.addressable_devices_indices_map((global_size,))
-    spans = sorted({(i[0].start or 0, i[0].stop or global_size) for i in index_map.values()})
-    lo, hi = spans[0][0], spans[-1][1]
-    if sum(b - a for a, b in spans) != hi - lo:
-        raise ValueError("this process's devices do not hold a contiguous block of the batch")
-    return slice(lo, hi)
-
-
-def check_process_rows(sharding: NamedSharding, global_size: int) -> None:
-    """The data pipeline gives process p the p-th contiguous block; the mesh must agree."""
-    per = global_size // jax.process_count()
-    expected = slice(jax.process_index() * per, (jax.process_index() + 1) * per)
-    got = process_rows(sharding, global_size)
-    if (got.start, got.stop) != (expected.start, expected.stop):
-        raise ValueError(
-            f"process {jax.process_index()} holds rows {got.start}:{got.stop} of the global "
-            f"batch but loads rows {expected.start}:{expected.stop}"
-        )
-
-
-def device_batch(local: Batch, sharding: NamedSharding) -> dict[str, jax.Array]:
-    """This process's rows of a global batch -> batch-sharded global jax arrays."""
-    n = jax.process_count()
-    return {
-        k: jax.make_array_from_process_local_data(sharding, v, (v.shape[0] * n, *v.shape[1:]))
-        for k, v in local.items()
-    }
-
-
-def to_host(tree: Any) -> Any:
-    """Fetches (possibly multi-process) arrays to numpy on every host."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        return multihost_utils.process_allgather(tree, tiled=True)
-    return jax.device_get(tree)
-
-
-def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
-    """``jax.distributed.initialize()`` when the config or the environment asks for it."""
-    if not (config.train.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS")):
-        return
-    if jax.distributed.is_initialized():
-        return
-    # The coordinator comes from JAX_COORDINATOR_ADDRESS or cluster auto-detection (SLURM,
-    # Open MPI, TPU pods, ...); JAX_NUM_PROCESSES / JAX_PROCESS_ID name the process where no
-    # cluster manager does (e.g. several processes started by hand on one machine).
-    kwargs = {}
-    if os.environ.get("JAX_NUM_PROCESSES") and os.environ.get("JAX_PROCESS_ID"):
-        kwargs = dict(
-            num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-            process_id=int(os.environ["JAX_PROCESS_ID"]),
-        )
-    jax.distributed.initialize(**kwargs)
-    logging.info(
-        "jax.distributed: process %d of %d, %d local / %d global devices",
-        jax.process_index(),
-        jax.process_count(),
-        jax.local_device_count(),
-        jax.device_count(),
-    )
-
-
 # --------------------------------------------------------------------- host helpers
 
 
@@ -386,147 +275,6 @@ def check_finite(metrics: dict[str, Any], step: int) -> None:
             "settings it will fail the same way. Common causes: a learning rate too high "
             "(--config.optim.lr), NaN/Inf in the input features, an empty mask."
         )
-
-
-def _config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    diffs = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += _config_diff(a, b, prefix + k + ".")
-        elif a != b:
-            diffs.append(f"{prefix}{k}: {a!r} -> {b!r}")
-    return diffs
-
-
-def config_to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    return json.loads(config.to_json_best_effort())
-
-
-# Settings a run cannot change when it resumes: they fix the shapes of the parameters, of the
-# optimiser state or of the batches, or the run's random streams and data positions. A
-# trailing '.' names a whole section; the others are single keys.
-RESUME_FIXED = (
-    "seed",
-    "model.",
-    "data.dataset",
-    "data.v_feat_dirs",
-    "data.v_feat_dims",
-    "data.v_feat_format",
-    "data.t_feat_dim",
-    "data.a_feat_dir",
-    "data.a_feat_dim",
-    "data.use_tef",
-    "data.max_v_l",
-    "data.max_q_l",
-    "data.max_windows",
-    "train.batch_size",
-)
-# Model settings that change neither shapes nor anything a checkpoint holds.
-RESUME_FREE_MODEL = ("model.dropout", "model.input_dropout")
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def resume_conflicts(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``'key old -> new'`` for each :data:`RESUME_FIXED` setting that differs."""
-    a, b = _flat(old), _flat(new)
-    out = []
-    for key in sorted(set(a) | set(b)):
-        fixed = any(key == f or (f.endswith(".") and key.startswith(f)) for f in RESUME_FIXED)
-        if fixed and key not in RESUME_FREE_MODEL and a.get(key) != b.get(key):
-            out.append(f"{key} {a.get(key)!r} -> {b.get(key)!r}")
-    return out
-
-
-def check_resumable(old: dict[str, Any], new: dict[str, Any], workdir: pathlib.Path) -> None:
-    conflicts = resume_conflicts(old, new)
-    if conflicts:
-        raise RunError(
-            f"cannot resume {workdir}: settings fixed by its checkpoints differ from its "
-            f"{checkpointing.CONFIG_FILE}: {', '.join(conflicts)}. Set them back, or use "
-            "another --workdir for a new run."
-        )
-
-
-def check_workdir(workdir: pathlib.Path) -> None:
-    """The workdir (or the folder it will be created in) can be written; changes nothing."""
-    existing = workdir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise RunError(f"--workdir {workdir}: {existing} is not a directory")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".trdetr-write-test-", dir=existing)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise RunError(f"--workdir {workdir}: cannot write in {existing} ({e.strerror})") from None
-
-
-def has_checkpoints(ckpt_dir: pathlib.Path) -> bool:
-    if not ckpt_dir.is_dir():
-        return False
-    ckpt = checkpointing.RunCheckpoints(ckpt_dir, read_only=True)
-    try:
-        return bool(ckpt.candidate_steps())
-    finally:
-        ckpt.close()
-
-
-def saved_config(path: pathlib.Path) -> dict[str, Any] | None:
-    """The ``config.json`` of an earlier run in the workdir, None if there is none."""
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise RunError(
-            f"{path}: cannot read the run's recorded configuration ({e}); restore it, or use "
-            "another --workdir"
-        ) from None
-
-
-def resume_point(
-    ckpt: checkpointing.RunCheckpoints,
-    abstract_state: Any,
-    candidates: list[int],
-    workdir: pathlib.Path,
-    notes: list[str],
-) -> tuple[int, Any, checkpointing.LoopState]:
-    """``(step, state, loop)`` of the newest checkpoint that restores completely.
-
-    Each unreadable step is reported in one warning line (appended to ``notes``) and moved
-    to ``<workdir>/checkpoints_damaged/`` once an older step has restored, so that the
-    replayed steps can be saved again. Raises :class:`RunError` when no step can be read.
-    """
-
-    def on_damaged(step: int, reason: str) -> None:
-        line = f"checkpoint step {step} of {ckpt.directory} cannot be read ({reason})"
-        logging.warning("%s", line)
-        notes.append(line)
-
-    found = ckpt.restore_intact(abstract_state, candidates, on_damaged)
-    if found is None:
-        raise RunError(
-            f"no checkpoint of {ckpt.directory} can be read (steps "
-            f"{', '.join(map(str, candidates))}); move that folder away to start the run over"
-        )
-    for step in (s for s in candidates if s > found[0]):
-        if jax.process_index() == 0:
-            dest = ckpt.set_aside(step, workdir / checkpointing.DAMAGED_SUBDIR)
-            line = f"moved the unreadable checkpoint step {step} to {dest}"
-            logging.warning("%s", line)
-            notes.append(line)
-    return found
 
 
 # ----------------------------------------------------------------------------- data
@@ -577,37 +325,6 @@ def train_batches(
         yield batch
 
 
-def eval_batches(
-    eval_ds,
-    batch_size: int,
-    *,
-    pad_to: int | None = None,
-    process_index: int | None = None,
-    process_count: int | None = None,
-):
-    """``(local batch, metas of the real examples of the global batch)`` in file order.
-
-    ``batch_size`` examples a batch (``config.train.eval_batch_size``, the official
-    ``eval_bsz``), each batch ``pad_to`` rows (a multiple of the device count).
-    """
-    from trdetr_jax import data as data_lib
-
-    process_count = jax.process_count() if process_count is None else process_count
-    n = len(eval_ds)
-    for b, (batch, metas) in enumerate(
-        data_lib.eval_batches(
-            eval_ds,
-            batch_size,
-            pad_to=pad_to,
-            process_index=jax.process_index() if process_index is None else process_index,
-            process_count=process_count,
-        )
-    ):
-        if process_count > 1:  # each process sees its rows only; outputs are gathered
-            metas = eval_ds.metas[b * batch_size : min((b + 1) * batch_size, n)]
-        yield batch, metas
-
-
 def abstract_batch(ds, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     """Global shapes / dtypes of a ``batch_size``-row batch at the largest length buckets
     (parameter shapes do not depend on the lengths; the steps compile per bucket)."""
@@ -647,100 +364,7 @@ def log_buckets(log, train_ds, batch_size: int, seed: int) -> None:
     )
 
 
-def prefetch_to_devices(batches: Iterable[Any], sharding: NamedSharding, depth: int):
-    """Loads and transfers batches on a worker thread, ``depth`` ahead of the step."""
-    from trdetr_jax import data as data_lib
-
-    return data_lib.prefetch(batches, functools.partial(device_batch, sharding=sharding), depth)
-
-
 # ------------------------------------------------------------------------ evaluation
-
-
-def eval_dataset_name(config: ml_collections.ConfigDict) -> str:
-    """The metric family of the config's dataset ('qvhighlights', 'charades' or 'tvsum')."""
-    from trdetr_jax.data import annotations
-
-    return annotations.layout_of(config.data.dataset)
-
-
-def evaluate(
-    steps: Steps,
-    params: Any,
-    eval_ds,
-    config: ml_collections.ConfigDict,
-    batch_size: int,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Predicts the eval split and scores it with the official metrics.
-
-    Returns (metrics, submission rows); ``metrics['brief']`` holds the headline numbers.
-    """
-    from trdetr_jax import evaluation
-
-    rows = predict_split(steps.eval, steps.batch_sharding, params, eval_ds, config, batch_size)
-    results = evaluation.evaluate_submission(
-        rows, eval_ds.gt_rows(), dataset=eval_dataset_name(config)
-    )
-    return results, rows
-
-
-def predict_split(
-    eval_fn,
-    data_sharding: NamedSharding,
-    params: Any,
-    eval_ds,
-    config: ml_collections.ConfigDict,
-    batch_size: int,
-) -> list[dict[str, Any]]:
-    """Submission rows (official format) for every query of ``eval_ds``.
-
-    ``eval_fn(params, batch)`` is a jitted :func:`eval_step` (see :func:`jit_eval_step`).
-    """
-    from trdetr_jax import evaluation
-
-    # Without matching (TVSum) the span heads are untrained: saliency only.
-    windows = bool(config.loss.use_matcher)
-    rows: list[dict[str, Any]] = []
-    examples = min(config.train.eval_batch_size, batch_size)  # batch_size: rows, rounded up
-    for batch, metas in prefetch_to_devices(
-        eval_batches(eval_ds, examples, pad_to=batch_size),
-        data_sharding,
-        config.data.prefetch_depth,
-    ):
-        out = to_host(eval_fn(params, batch))
-        n = len(metas)  # padding rows (example_mask 0) come last
-        out = {k: np.asarray(v)[:n] for k, v in out.items()}
-        rows += evaluation.predictions_to_rows(
-            out["pred_logits"] if windows else None,
-            out["pred_spans"] if windows else None,
-            out["saliency_scores"],
-            out["video_mask"],
-            metas,
-            **postprocess_kwargs(config),
-        )
-    return rows
-
-
-def postprocess_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    return dict(
-        mode=config.eval.postprocess,
-        clip_length=config.data.clip_length,
-        nms_thd=config.eval.nms_thd,
-        max_before_nms=config.eval.max_before_nms,
-        max_after_nms=config.eval.max_after_nms,
-        dataset=eval_dataset_name(config),
-    )
-
-
-def brief_metric(results: dict[str, Any], name: str) -> float:
-    brief = results["brief"]
-    if brief.get(name) is None:
-        available = sorted(k for k, v in brief.items() if v is not None)
-        raise KeyError(
-            f"config.train.best_metric={name!r} is not among the evaluation's metrics "
-            f"(or is empty on this split); available: {available}"
-        )
-    return float(brief[name])
 
 
 # ------------------------------------------------------------------------------ loop
@@ -758,15 +382,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Returns the run summary (also printed as a table and written to ``summary.json``).
     """
     t_start = time.time()
-    maybe_initialize_distributed(config)
+    mesh_lib.maybe_initialize_distributed(config)
     tcfg = config.train
     check_train_config(tcfg)
+    compile_cache.enable(tcfg.get("compilation_cache_dir"))
     workdir_path = pathlib.Path(workdir).resolve()
     check_workdir(workdir_path)
 
     # ---- data, model, mesh. Nothing is written to the workdir until the run goes ahead.
-    mesh = make_mesh()
-    check_batch_size(tcfg.batch_size, mesh, "config.train.batch_size")
+    mesh = mesh_lib.make_mesh()
+    mesh_lib.check_batch_size(tcfg.batch_size, mesh, "config.train.batch_size")
     n_dev = mesh.devices.size
     eval_batch_size = -(-tcfg.eval_batch_size // n_dev) * n_dev  # eval pads: round up
     # Every annotation row and feature file header is checked here, before compiling.
@@ -780,7 +405,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     n_steps_epoch = steps_per_epoch(train_ds, tcfg.batch_size)
     total_steps = n_steps_epoch * tcfg.num_epochs
     steps = cached_steps(config, mesh, n_steps_epoch, abstract_batch(train_ds, tcfg.batch_size))
-    check_process_rows(steps.batch_sharding, tcfg.batch_size)
+    mesh_lib.check_process_rows(steps.batch_sharding, tcfg.batch_size)
     # Parameter init and dropout draw from independent streams of the one seed.
     init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
 
@@ -843,7 +468,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 loop.batch_in_epoch,
                 n_steps_epoch,
             )
-        for change in _config_diff(old_cfg, new_cfg) if old_cfg is not None else []:
+        for change in config_diff(old_cfg, new_cfg) if old_cfg is not None else []:
             log.info("config changed since the checkpoint: %s", change)
     # Wall time of the earlier processes of this run (this one's is added at each save).
     wall_before = loop.wall_time_s
@@ -861,8 +486,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     def run_eval(epoch: int) -> float:
         t0 = time.time()
-        results, rows = evaluate(steps, state.params, eval_ds, config, eval_batch_size)
-        score = brief_metric(results, tcfg.best_metric)
+        results, rows = inference.evaluate_split(
+            steps.eval, steps.batch_sharding, state.params, eval_ds, config, eval_batch_size
+        )
+        score = inference.brief_metric(results, tcfg.best_metric)
         # None marks a metric the split cannot give (e.g. an empty length bucket).
         brief = {k: None if v is None else float(v) for k, v in results["brief"].items()}
         improved = loop.best_score is None or score > loop.best_score
@@ -932,7 +559,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 epoch=epoch,
                 start_step=loop.batch_in_epoch,
             )
-            for batch in prefetch_to_devices(
+            for batch in mesh_lib.prefetch_to_devices(
                 batches, steps.batch_sharding, config.data.prefetch_depth
             ):
                 state, metrics = steps.train(state, batch, dropout_rng)

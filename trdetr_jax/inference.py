@@ -1,0 +1,167 @@
+"""Predicting and scoring a split: the one path training's evaluation, ``evaluate
+--checkpoint``, ``predict`` and the :class:`~trdetr_jax.Predictor` share.
+
+:func:`eval_step` is the inference-mode forward pass, :func:`jit_eval_step` jits it over a
+mesh, :func:`predict_split` turns a dataset into submission rows (official format) and
+:func:`evaluate_split` scores them with the official metrics.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from trdetr_jax import mesh as mesh_lib
+from trdetr_jax import precision
+from trdetr_jax.model import model_inputs
+
+# Model outputs the evaluation needs on the host.
+EVAL_OUTPUT_KEYS = ("pred_logits", "pred_spans", "saliency_scores", "video_mask")
+
+
+def eval_step(params: Any, batch: dict[str, jax.Array], *, model) -> dict[str, jax.Array]:
+    """Forward pass in inference mode; returns the outputs the post-processing needs."""
+    outputs = model.apply({"params": params}, **model_inputs(batch), train=False)
+    return {k: outputs[k] for k in EVAL_OUTPUT_KEYS}
+
+
+def jit_eval_step(
+    mesh: jax.sharding.Mesh,
+    model,
+    params_sharding: Any = None,
+    matmul_precision: str = precision.DEFAULT,
+):
+    """``eval_step`` jitted over ``mesh``: replicated params, batch-sharded inputs/outputs."""
+    if params_sharding is None:
+        params_sharding = NamedSharding(mesh, P())
+    data = NamedSharding(mesh, P("data"))
+    step = jax.jit(
+        functools.partial(eval_step, model=model),
+        in_shardings=(params_sharding, data),
+        out_shardings=data,
+    )
+    return precision.with_matmul_precision(step, matmul_precision)
+
+
+def eval_batches(
+    eval_ds,
+    batch_size: int,
+    *,
+    pad_to: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+):
+    """``(local batch, metas of the real examples of the global batch)`` in file order.
+
+    ``batch_size`` examples a batch (``config.train.eval_batch_size``, the official
+    ``eval_bsz``), each batch ``pad_to`` rows (a multiple of the device count).
+    """
+    from trdetr_jax import data as data_lib
+
+    process_count = jax.process_count() if process_count is None else process_count
+    n = len(eval_ds)
+    for b, (batch, metas) in enumerate(
+        data_lib.eval_batches(
+            eval_ds,
+            batch_size,
+            pad_to=pad_to,
+            process_index=jax.process_index() if process_index is None else process_index,
+            process_count=process_count,
+        )
+    ):
+        if process_count > 1:  # each process sees its rows only; outputs are gathered
+            metas = eval_ds.metas[b * batch_size : min((b + 1) * batch_size, n)]
+        yield batch, metas
+
+
+def eval_dataset_name(config: ml_collections.ConfigDict) -> str:
+    """The metric family of the config's dataset ('qvhighlights', 'charades' or 'tvsum')."""
+    from trdetr_jax.data import annotations
+
+    return annotations.layout_of(config.data.dataset)
+
+
+def evaluate_split(
+    eval_fn,
+    data_sharding: NamedSharding,
+    params: Any,
+    eval_ds,
+    config: ml_collections.ConfigDict,
+    batch_size: int,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Predicts the eval split and scores it with the official metrics.
+
+    Returns (metrics, submission rows); ``metrics['brief']`` holds the headline numbers.
+    """
+    from trdetr_jax import evaluation
+
+    rows = predict_split(eval_fn, data_sharding, params, eval_ds, config, batch_size)
+    results = evaluation.evaluate_submission(
+        rows, eval_ds.gt_rows(), dataset=eval_dataset_name(config)
+    )
+    return results, rows
+
+
+def predict_split(
+    eval_fn,
+    data_sharding: NamedSharding,
+    params: Any,
+    eval_ds,
+    config: ml_collections.ConfigDict,
+    batch_size: int,
+) -> list[dict[str, Any]]:
+    """Submission rows (official format) for every query of ``eval_ds``.
+
+    ``eval_fn(params, batch)`` is a jitted :func:`eval_step` (see :func:`jit_eval_step`).
+    """
+    from trdetr_jax import evaluation
+
+    # Without matching (TVSum) the span heads are untrained: saliency only.
+    windows = bool(config.loss.use_matcher)
+    rows: list[dict[str, Any]] = []
+    examples = min(config.train.eval_batch_size, batch_size)  # batch_size: rows, rounded up
+    for batch, metas in mesh_lib.prefetch_to_devices(
+        eval_batches(eval_ds, examples, pad_to=batch_size),
+        data_sharding,
+        config.data.prefetch_depth,
+    ):
+        out = mesh_lib.to_host(eval_fn(params, batch))
+        n = len(metas)  # padding rows (example_mask 0) come last
+        out = {k: np.asarray(v)[:n] for k, v in out.items()}
+        rows += evaluation.predictions_to_rows(
+            out["pred_logits"] if windows else None,
+            out["pred_spans"] if windows else None,
+            out["saliency_scores"],
+            out["video_mask"],
+            metas,
+            **postprocess_kwargs(config),
+        )
+    return rows
+
+
+def postprocess_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    return dict(
+        mode=config.eval.postprocess,
+        clip_length=config.data.clip_length,
+        nms_thd=config.eval.nms_thd,
+        max_before_nms=config.eval.max_before_nms,
+        max_after_nms=config.eval.max_after_nms,
+        dataset=eval_dataset_name(config),
+    )
+
+
+def brief_metric(results: dict[str, Any], name: str) -> float:
+    brief = results["brief"]
+    if brief.get(name) is None:
+        available = sorted(k for k, v in brief.items() if v is not None)
+        raise KeyError(
+            f"config.train.best_metric={name!r} is not among the evaluation's metrics "
+            f"(or is empty on this split); available: {available}"
+        )
+    return float(brief[name])
