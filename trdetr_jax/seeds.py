@@ -49,6 +49,10 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from trdetr_jax import inference, rundir
+from trdetr_jax import mesh as mesh_lib
+from trdetr_jax.errors import RunError
+
 Batch = dict[str, np.ndarray]
 
 PADDING_MODES = ("exact", "common")
@@ -267,7 +271,7 @@ def build_seeds_steps(
         donate_argnames=("state",),
     )
     eval_fn = jax.jit(
-        jax.vmap(functools.partial(train.eval_step, model=model), in_axes=(0, None)),
+        jax.vmap(functools.partial(inference.eval_step, model=model), in_axes=(0, None)),
         in_shardings=(replicated, data),
         out_shardings=stacked_data,
     )
@@ -327,17 +331,17 @@ def predict_split_seeds(
 ) -> list[list[dict[str, Any]]]:
     """Submission rows of every query of ``eval_ds`` for each of the K stacked ``params``
     (as :func:`trdetr_jax.train.predict_split` for one): ``[rows of seed 0, ...]``."""
-    from trdetr_jax import evaluation, train
+    from trdetr_jax import evaluation
 
     windows = bool(config.loss.use_matcher)
     rows: list[list[dict[str, Any]]] = [[] for _ in range(num_seeds)]
     examples = min(config.train.eval_batch_size, batch_size)
-    for batch, metas in train.prefetch_to_devices(
-        train.eval_batches(eval_ds, examples, pad_to=batch_size),
+    for batch, metas in mesh_lib.prefetch_to_devices(
+        inference.eval_batches(eval_ds, examples, pad_to=batch_size),
         data_sharding,
         config.data.prefetch_depth,
     ):
-        out = train.to_host(eval_fn(params, batch))  # [K, B, ...]
+        out = mesh_lib.to_host(eval_fn(params, batch))  # [K, B, ...]
         n = len(metas)  # padding rows (example_mask 0) come last
         for k in range(num_seeds):
             o = {key: np.asarray(v)[k, :n] for key, v in out.items()}
@@ -347,7 +351,7 @@ def predict_split_seeds(
                 o["saliency_scores"],
                 o["video_mask"],
                 metas,
-                **train.postprocess_kwargs(config),
+                **inference.postprocess_kwargs(config),
             )
     return rows
 
@@ -358,11 +362,9 @@ def predict_split_seeds(
 def check_same_seeds(old_cfg: Mapping[str, Any], seeds: Sequence[int], workdir) -> None:
     """A workdir's checkpoints hold the seeds of its ``config.json``: resuming it with other
     seeds (or one seed's run with several, or the reverse) cannot reproduce it."""
-    from trdetr_jax import train
-
     before = seeds_of_saved(old_cfg)
     if tuple(before) != tuple(seeds):
-        raise train.RunError(
+        raise RunError(
             f"{workdir} holds a run of seeds {list(before)}, but the config asks for seeds "
             f"{list(seeds)} (config.seed, config.train.num_seeds, config.train.seeds); "
             "resuming would not reproduce it. Use another --workdir."
@@ -420,41 +422,42 @@ def train_and_evaluate_seeds(
 
     from absl import logging
 
-    from trdetr_jax import checkpointing, evaluation, files, runlog, train
+    from trdetr_jax import checkpointing, compile_cache, evaluation, files, runlog, train
     from trdetr_jax import data as data_lib
 
     t_start = time.time()
-    train.maybe_initialize_distributed(config)
+    mesh_lib.maybe_initialize_distributed(config)
     tcfg = config.train
     train.check_train_config(tcfg)
+    compile_cache.enable(tcfg.get("compilation_cache_dir"))
     try:
         seeds = seeds_of_config(config)
     except SeedsError as e:
-        raise train.RunError(str(e)) from None
+        raise RunError(str(e)) from None
     num = len(seeds)
     mode = tcfg.seed_padding
     workdir_path = pathlib.Path(workdir).resolve()
-    train.check_workdir(workdir_path)
+    rundir.check_workdir(workdir_path)
 
     # ---- data, model, mesh. Nothing is written to the workdir until the run goes ahead.
-    mesh = train.make_mesh(devices)
-    train.check_batch_size(tcfg.batch_size, mesh, "config.train.batch_size")
+    mesh = mesh_lib.make_mesh(devices)
+    mesh_lib.check_batch_size(tcfg.batch_size, mesh, "config.train.batch_size")
     n_dev = mesh.devices.size
     eval_batch_size = -(-tcfg.eval_batch_size // n_dev) * n_dev
     config, train_ds, eval_ds = train.load_datasets(config)
-    new_cfg = train.config_to_dict(config)
+    new_cfg = rundir.config_to_dict(config)
     config_path = workdir_path / checkpointing.CONFIG_FILE
     ckpt_dir = workdir_path / checkpointing.CHECKPOINT_SUBDIR
-    old_cfg = train.saved_config(config_path) if train.has_checkpoints(ckpt_dir) else None
+    old_cfg = rundir.saved_config(config_path) if rundir.has_checkpoints(ckpt_dir) else None
     if old_cfg is not None:
         check_same_seeds(old_cfg, seeds, workdir_path)
-        train.check_resumable(old_cfg, new_cfg, workdir_path)
+        rundir.check_resumable(old_cfg, new_cfg, workdir_path)
     n_steps_epoch = train.steps_per_epoch(train_ds, tcfg.batch_size)
     total_steps = n_steps_epoch * tcfg.num_epochs
     single = train.cached_steps(
         config, mesh, n_steps_epoch, train.abstract_batch(train_ds, tcfg.batch_size)
     )
-    train.check_process_rows(single.batch_sharding, tcfg.batch_size)
+    mesh_lib.check_process_rows(single.batch_sharding, tcfg.batch_size)
     train_fn, eval_fn = cached_seeds_steps(config, single, n_steps_epoch)
     replicated = single.replicated
     stacked_data = NamedSharding(mesh, P(None, "data"))
@@ -472,9 +475,9 @@ def train_and_evaluate_seeds(
     restored = None
     candidates = ckpt.candidate_steps()
     if candidates:
-        restored = train.resume_point(ckpt, abstract, candidates, workdir_path, damaged)
+        restored = rundir.resume_point(ckpt, abstract, candidates, workdir_path, damaged)
         if list(restored[2].seeds) != list(seeds):
-            raise train.RunError(
+            raise RunError(
                 f"{workdir_path} holds a run of seeds {restored[2].seeds}, but the config asks "
                 f"for {list(seeds)}; resuming would not reproduce it. Use another --workdir."
             )
@@ -533,7 +536,7 @@ def train_and_evaluate_seeds(
             loop.batch_in_epoch,
             n_steps_epoch,
         )
-        for change in train._config_diff(old_cfg, new_cfg) if old_cfg is not None else []:
+        for change in rundir.config_diff(old_cfg, new_cfg) if old_cfg is not None else []:
             log.info("config changed since the checkpoint: %s", change)
     wall_before = loop.wall_time_s
     running_host = [
@@ -570,9 +573,9 @@ def train_and_evaluate_seeds(
                 continue
             lp = loop.loops[k]
             results = evaluation.evaluate_submission(
-                rows[k], eval_ds.gt_rows(), dataset=train.eval_dataset_name(config)
+                rows[k], eval_ds.gt_rows(), dataset=inference.eval_dataset_name(config)
             )
-            score = train.brief_metric(results, tcfg.best_metric)
+            score = inference.brief_metric(results, tcfg.best_metric)
             brief = {n: None if v is None else float(v) for n, v in results["brief"].items()}
             improved = lp.best_score is None or score > lp.best_score
             log.record({"type": "eval", "seed": s, "step": lp.step, "epoch": epoch + 1, **brief})
