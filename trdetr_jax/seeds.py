@@ -243,24 +243,20 @@ def seeds_train_step(
     return state, metrics, running & ~(member & ~finite)
 
 
-def build_seeds_steps(
+def build_seeds_train_step(
     mesh: jax.sharding.Mesh,
     model,
     loss_fn,
     schedule,
     matmul_precision: str,
 ):
-    """``(train, eval)`` jitted over ``mesh`` for stacked states.
-
-    ``train(state, batch, rngs, running, member) -> (state, metrics, running)`` (donates the
-    state), batch sharded ``P(None, 'data')``; ``eval(params, batch) -> outputs [K, B, ...]``
-    with one (unstacked) batch shared by the seeds, sharded ``P('data')``.
-    """
+    """:func:`seeds_train_step` jitted over ``mesh``:
+    ``(state, batch, rngs, running, member) -> (state, metrics, running)``; state, keys and
+    flags replicated, the stacked batch sharded ``P(None, 'data')``; donates the state."""
     from trdetr_jax import precision, train
 
     replicated = NamedSharding(mesh, P())
     stacked_data = NamedSharding(mesh, P(None, "data"))
-    data = NamedSharding(mesh, P("data"))
     step = functools.partial(
         train.train_step, model=model, loss_fn=loss_fn, schedule=schedule
     )  # (state, batch, rng) -> (state, metrics)
@@ -270,12 +266,7 @@ def build_seeds_steps(
         out_shardings=(replicated, replicated, replicated),
         donate_argnames=("state",),
     )
-    eval_fn = jax.jit(
-        jax.vmap(functools.partial(inference.eval_step, model=model), in_axes=(0, None)),
-        in_shardings=(replicated, data),
-        out_shardings=stacked_data,
-    )
-    return tuple(precision.with_matmul_precision(f, matmul_precision) for f in (train_fn, eval_fn))
+    return precision.with_matmul_precision(train_fn, matmul_precision)
 
 
 # ----------------------------------------------------------------------- batches
@@ -330,21 +321,27 @@ def predict_split_seeds(
     num_seeds: int,
 ) -> list[list[dict[str, Any]]]:
     """Submission rows of every query of ``eval_ds`` for each of the K stacked ``params``
-    (as :func:`trdetr_jax.train.predict_split` for one): ``[rows of seed 0, ...]``."""
+    (as :func:`trdetr_jax.inference.predict_split` for one): ``[rows of seed 0, ...]``.
+
+    ``eval_fn(params, batch)`` is the single-seed jitted eval step, called once per seed on
+    each batch (loaded once): a seed's predictions are those its single run, ``predict`` and
+    ``evaluate --checkpoint`` compute from the same parameters, bit for bit (a vmapped
+    forward pass reduces in another order). Evaluation is a small part of a run's time."""
     from trdetr_jax import evaluation
 
     windows = bool(config.loss.use_matcher)
     rows: list[list[dict[str, Any]]] = [[] for _ in range(num_seeds)]
     examples = min(config.train.eval_batch_size, batch_size)
+    per_seed = [unstack(params, k) for k in range(num_seeds)]
     for batch, metas in mesh_lib.prefetch_to_devices(
         inference.eval_batches(eval_ds, examples, pad_to=batch_size),
         data_sharding,
         config.data.prefetch_depth,
     ):
-        out = mesh_lib.to_host(eval_fn(params, batch))  # [K, B, ...]
         n = len(metas)  # padding rows (example_mask 0) come last
         for k in range(num_seeds):
-            o = {key: np.asarray(v)[k, :n] for key, v in out.items()}
+            out = mesh_lib.to_host(eval_fn(per_seed[k], batch))
+            o = {key: np.asarray(v)[:n] for key, v in out.items()}
             rows[k] += evaluation.predictions_to_rows(
                 o["pred_logits"] if windows else None,
                 o["pred_spans"] if windows else None,
@@ -372,12 +369,12 @@ def check_same_seeds(old_cfg: Mapping[str, Any], seeds: Sequence[int], workdir) 
 
 
 # Jitted seed steps of recent runs, beside the single-seed steps they are built with
-# (``train.cached_steps``): ``id(single steps) -> (single steps, train, eval)``.
-_SEEDS_STEPS_CACHE: dict[int, tuple[Any, Any, Any]] = {}
+# (``train.cached_steps``): ``id(single steps) -> (single steps, train step)``.
+_SEEDS_STEPS_CACHE: dict[int, tuple[Any, Any]] = {}
 
 
 def cached_seeds_steps(config: ml_collections.ConfigDict, single, n_steps_epoch: int):
-    """:func:`build_seeds_steps` for a config whose single-seed steps are ``single``."""
+    """:func:`build_seeds_train_step` for a config whose single-seed steps are ``single``."""
     from trdetr_jax import precision, train
     from trdetr_jax.model import TRDETR, model_kwargs_from_config
 
@@ -385,15 +382,15 @@ def cached_seeds_steps(config: ml_collections.ConfigDict, single, n_steps_epoch:
     if entry is None or entry[0] is not single:
         while len(_SEEDS_STEPS_CACHE) >= 4:
             _SEEDS_STEPS_CACHE.pop(next(iter(_SEEDS_STEPS_CACHE)))
-        train_fn, eval_fn = build_seeds_steps(
+        train_fn = build_seeds_train_step(
             single.mesh,
             TRDETR(**model_kwargs_from_config(config)),
             train.make_loss_fn(config, single.mesh),
             train.lr_schedule(config, n_steps_epoch),
             precision.of_config(config),
         )
-        entry = _SEEDS_STEPS_CACHE[id(single)] = (single, train_fn, eval_fn)
-    return entry[1], entry[2]
+        entry = _SEEDS_STEPS_CACHE[id(single)] = (single, train_fn)
+    return entry[1]
 
 
 def _status(loop, failed: str | None, num_epochs: int) -> str:
@@ -458,7 +455,7 @@ def train_and_evaluate_seeds(
         config, mesh, n_steps_epoch, train.abstract_batch(train_ds, tcfg.batch_size)
     )
     mesh_lib.check_process_rows(single.batch_sharding, tcfg.batch_size)
-    train_fn, eval_fn = cached_seeds_steps(config, single, n_steps_epoch)
+    train_fn = cached_seeds_steps(config, single, n_steps_epoch)
     replicated = single.replicated
     stacked_data = NamedSharding(mesh, P(None, "data"))
     # Each seed's two streams, as its single run splits them.
@@ -566,7 +563,7 @@ def train_and_evaluate_seeds(
     def run_eval(epoch: int) -> None:
         t0 = time.time()
         rows = predict_split_seeds(
-            eval_fn, single.batch_sharding, state.params, eval_ds, config, eval_batch_size, num
+            single.eval, single.batch_sharding, state.params, eval_ds, config, eval_batch_size, num
         )
         for k, s in enumerate(seeds):
             if not running_host[k]:
