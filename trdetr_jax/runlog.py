@@ -162,15 +162,17 @@ def summary_table(summary: dict[str, Any]) -> str:
 
 
 def fmt_mean_std(mean: float | None, std: float | None) -> str:
-    """``mean ± std`` with :func:`fmt_num`'s digits (``mean`` alone for one seed)."""
+    """``mean ± std``: 2 decimals for percentages, 4 for fractions (TVSum mAP); the mean
+    alone for one value."""
     if mean is None:
         return "n/a"
-    return fmt_num(mean) if std is None else f"{fmt_num(mean)} ± {fmt_num(std)}"
+    digits = 2 if abs(mean) >= 1 or mean == 0 else 4
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def seeds_table(over: dict[str, dict[str, Any]], per_seed: list[dict[str, Any]]) -> str:
     """Metric rows: mean ± std over seeds (sample std), then one column per seed."""
-    header = ["metric", "mean ± std", *(f"seed {r['seed']}" for r in per_seed)]
+    header = ["metric", "mean ± std", *(r.get("label") or f"seed {r['seed']}" for r in per_seed)]
     rows = [header]
     for name, agg in over.items():
         cells = [fmt_num((r.get("best_brief") or {}).get(name)) for r in per_seed]

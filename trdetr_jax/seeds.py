@@ -38,7 +38,9 @@ after each of its evaluations: latest + best), ``best_<split>_preds.jsonl`` and 
 from __future__ import annotations
 
 import functools
+import json
 import math
+import pathlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -117,6 +119,32 @@ def is_multi_seed(config: ml_collections.ConfigDict) -> bool:
 
 def seed_dirname(seed: int) -> str:
     return f"{SEED_DIR_PREFIX}{seed}"
+
+
+def seed_workdirs(workdir) -> list:
+    """``[WORKDIR/seed_<s>, ...]`` when ``workdir`` holds a run of several seeds (its
+    ``config.json`` says so), else ``[]``."""
+    path = pathlib.Path(workdir) / "config.json"
+    try:
+        cfg = json.loads(path.read_text())
+        found = seeds_of_saved(cfg) if isinstance(cfg, dict) and "train" in cfg else ()
+    except (OSError, ValueError):
+        return []
+    if len(found) < 2 and not (cfg.get("train") or {}).get("seeds"):
+        return []
+    return [pathlib.Path(workdir) / seed_dirname(s) for s in found]
+
+
+def check_single_seed_dir(cfg: Mapping[str, Any], workdir) -> None:
+    """Readers of one model (predict, Predictor, evaluate --checkpoint) given the workdir of
+    a run of several seeds: its checkpoints stack them; each seed's model is its own folder."""
+    found = seeds_of_saved(cfg) if "train" in cfg else ()
+    if len(found) > 1 or (cfg.get("train") or {}).get("seeds"):
+        dirs = ", ".join(str(pathlib.Path(workdir) / seed_dirname(s)) for s in found)
+        raise RunError(
+            f"{workdir} is a run of {len(found)} seeds {list(found)}: each seed's model is its "
+            f"own folder ({dirs})"
+        )
 
 
 def single_seed_config(cfg: Mapping[str, Any], seed: int) -> dict[str, Any]:
@@ -414,7 +442,6 @@ def train_and_evaluate_seeds(
     :func:`trdetr_jax.train.train_and_evaluate`. Returns the run summary (also printed as a
     table and written to ``summary.json``): mean ± std over seeds and one row per seed.
     """
-    import pathlib
     import time
 
     from absl import logging
