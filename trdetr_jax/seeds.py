@@ -421,6 +421,26 @@ def cached_seeds_steps(config: ml_collections.ConfigDict, single, n_steps_epoch:
     return entry[1]
 
 
+def log_new_shapes(fn, info):
+    """The K-seed train step, reporting once per padded (video, text) length that jit
+    compiles it for that length (batch ``[K, B, L, ...]``)."""
+    seen: set[tuple[int, int]] = set()
+
+    @functools.wraps(fn)
+    def wrapped(state, batch, *args):
+        shape = (batch["src_vid"].shape[2], batch["src_txt"].shape[2])
+        if shape not in seen:
+            seen.add(shape)
+            info(
+                "train step of the seeds for video length %d, text length %d (compiled once "
+                "per bucket)",
+                *shape,
+            )
+        return fn(state, batch, *args)
+
+    return wrapped
+
+
 def _status(loop, failed: str | None, num_epochs: int) -> str:
     if failed is not None:
         return "non-finite"
@@ -525,7 +545,7 @@ def train_and_evaluate_seeds(
     seed_ckpts = [
         checkpointing.RunCheckpoints(d / checkpointing.CHECKPOINT_SUBDIR) for d in seed_dirs
     ]
-    train_fn = train.log_new_shapes(train_fn, "train step of the seeds", log.info)
+    train_fn = log_new_shapes(train_fn, log.info)
     if restored is None:
         init = jax.jit(lambda *xs: stack(xs), out_shardings=replicated)
         state = init(*[single.init(k[0]) for k in keys])
