@@ -7,6 +7,11 @@ One ``CheckpointManager`` under ``<workdir>/checkpoints``; each step directory h
 - ``loop``: the host-side loop state (:class:`LoopState`) as JSON: which epoch is in progress,
   how many of its batches are done, the best score so far, the early-stopping counter.
 
+A run of several seeds (:mod:`trdetr_jax.seeds`) saves the same two items with the seeds'
+train states stacked on a leading axis and a :class:`SeedsLoopState` (the run's position and
+one :class:`LoopState` per seed) as ``loop``, unscored (its manager keeps the latest); each
+seed's own folder holds a manager of this layout for that seed alone.
+
 Checkpoints saved right after an evaluation carry ``metrics={'score': ...}``. The preservation
 policy keeps the newest checkpoint (``LatestN(1)``) and the best-scoring one (``BestN(1)``);
 everything else is deleted by Orbax after each save.
