@@ -61,7 +61,7 @@ def test_eval_step_lowers_with_the_configured_precision(tmp_path, value, expecte
     found = _dot_precisions(step.lower(params, inputs).as_text())
     assert all(expected in f for f in found), sorted(set(found))
     # Called outside the wrapper, the same jitted function gets JAX's default instead.
-    bare = _dot_precisions(step.__wrapped__.lower(params, inputs).as_text())
+    bare = _dot_precisions(step.unbound.__wrapped__.lower({}, params, inputs).as_text())
     assert not any(expected in f for f in bare), sorted(set(bare))
 
 

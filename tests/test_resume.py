@@ -176,7 +176,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(cache_dir, tmp_path
     workdir = tmp_path / "run"
     batches = train.train_batches
 
-    def poisoned(ds, batch_size, *, seed, epoch, start_step):
+    def poisoned(ds, batch_size, *, seed, epoch, start_step, resident=None):
         for i, batch in enumerate(
             batches(ds, batch_size, seed=seed, epoch=epoch, start_step=start_step)
         ):
@@ -239,3 +239,57 @@ def test_sigkill_and_rerun_gives_the_same_result(uninterrupted, cache_dir, tmp_p
     proc.wait()
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, stderr=subprocess.DEVNULL)
     assert_same_run(uninterrupted[0], workdir)
+
+
+@pytest.mark.slow  # two more runs with their own compilations
+def test_features_on_the_device_train_and_resume_to_the_same_result(
+    uninterrupted, cache_dir, tmp_path, monkeypatch
+):
+    """Batches gathered from device-resident features (config.data.features_on_device) give
+    the run of host-collated batches bit for bit, interrupted and resumed included."""
+    config = run_config(cache_dir)
+    config.data.features_on_device = "on"
+    workdir = tmp_path / "resident"
+    interrupt_at(monkeypatch, 7)
+    with pytest.raises(Interrupt):
+        train.train_and_evaluate(config, str(workdir))
+    monkeypatch.undo()
+    train.train_and_evaluate(config, str(workdir))
+    log = (workdir / "train.log").read_text()
+    assert "features on the device: yes" in log and "from step 6 " in log
+    assert_same_run(uninterrupted[0], workdir)
+
+
+@pytest.mark.slow  # three more runs, each compiling its chunk lengths
+def test_several_steps_per_dispatch_match_single_steps_and_resume_exactly(
+    uninterrupted, cache_dir, tmp_path, monkeypatch
+):
+    """config.train.steps_per_dispatch = 2: chunks of lax.scan steps, cut at the checkpoint
+    steps (every 3) and epoch ends, so chunks of 2 and 1 steps, padded to their longest
+    bucket. The run equals the one-step-per-dispatch run to float32 rounding (padding and
+    the scan's compile change reduction order only) and resumes bit for bit."""
+    config = run_config(cache_dir)
+    config.train.steps_per_dispatch = 2
+    chunked = tmp_path / "chunked"
+    train.train_and_evaluate(config, str(chunked))
+    assert "train chunk of 2 steps" in (chunked / "train.log").read_text()
+    params_1, loop_1 = saved(uninterrupted[0])
+    params_2, loop_2 = saved(chunked)
+    assert loop_2["step"] == loop_1["step"] == 8
+    jax.tree.map(
+        lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-6), params_1, params_2
+    )
+    a, b = records(uninterrupted[0]), records(chunked)
+    assert [(r["type"], r["step"]) for r in a] == [(r["type"], r["step"]) for r in b]
+    for ra, rb in zip(a, b):
+        if ra["type"] == "train":
+            np.testing.assert_allclose(ra["loss"], rb["loss"], rtol=1e-4)
+
+    resumed = tmp_path / "resumed"
+    interrupt_at(monkeypatch, 5)  # the chunk of steps 5-6 fails: resumes from step 4
+    with pytest.raises(Interrupt):
+        train.train_and_evaluate(config, str(resumed))
+    monkeypatch.undo()
+    train.train_and_evaluate(config, str(resumed))
+    assert "from step 4 " in (resumed / "train.log").read_text()
+    assert_same_run(chunked, resumed)

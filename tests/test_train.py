@@ -146,9 +146,9 @@ def test_eval_batch_size_rounds_up_and_predicts_every_query(cache_dir, tmp_path,
     config.train.num_epochs = 1
     sizes, evaluate = [], inference.evaluate_split
 
-    def spy(eval_fn, sharding, params, eval_ds, config, batch_size):
+    def spy(eval_fn, sharding, params, eval_ds, config, batch_size, resident=None):
         sizes.append(batch_size)
-        return evaluate(eval_fn, sharding, params, eval_ds, config, batch_size)
+        return evaluate(eval_fn, sharding, params, eval_ds, config, batch_size, resident)
 
     monkeypatch.setattr(inference, "evaluate_split", spy)
     train.train_and_evaluate(config, str(tmp_path / "run"))

@@ -79,6 +79,10 @@ def get_base_config() -> config_dict.ConfigDict:
     data.data_ratio = 1.0
     # Cache folder for the built-in demo dataset (None = ~/.cache/trdetr_jax/demo).
     data.cache_dir = config_dict.placeholder(str)
+    # Keep the processed features on the device(s) and send only row indices each step
+    # (trdetr_jax/data/resident.py): 'auto' (on accelerators when the tables fit in 40% of
+    # device memory; off on CPU), 'on' or 'off'. Batches are bit-identical either way.
+    data.features_on_device = "auto"
     # Batches loaded ahead of the train step by the prefetch thread.
     data.prefetch_depth = 2
     # The built-in demo dataset generator and its knobs.
@@ -181,6 +185,10 @@ def get_base_config() -> config_dict.ConfigDict:
     # Hungarian assignment: 'scipy' (host callback, the reference) or 'device' (inside the
     # step: no host round trip per step; ties may be broken differently, see matcher.py).
     train.matcher = "scipy"
+    # Train steps per dispatch: > 1 runs chunks of that many steps as one lax.scan (one
+    # dispatch, metrics fetched once per chunk); chunks are cut at checkpoint steps and
+    # epoch ends, and padded to their longest bucket. 1: one jitted call per step.
+    train.steps_per_dispatch = 1
     # XLA's persistent compilation cache ('' = off): a rerun of the same config loads the eval
     # step, and with matcher='device' the train step, instead of compiling it (see
     # trdetr_jax/compile_cache.py).

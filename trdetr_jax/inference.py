@@ -19,6 +19,7 @@ from jax.sharding import PartitionSpec as P
 
 from trdetr_jax import mesh as mesh_lib
 from trdetr_jax import precision
+from trdetr_jax.data import resident
 from trdetr_jax.model import model_inputs
 
 # Model outputs the evaluation needs on the host.
@@ -37,16 +38,20 @@ def jit_eval_step(
     params_sharding: Any = None,
     matmul_precision: str = precision.DEFAULT,
 ):
-    """``eval_step`` jitted over ``mesh``: replicated params, batch-sharded inputs/outputs."""
+    """``eval_step`` jitted over ``mesh``: replicated params, batch-sharded inputs/outputs.
+
+    Called as ``step(params, batch)``; ``step.bind(tables)`` gives the step for batches whose
+    features are resident on the device (:mod:`trdetr_jax.data.resident`).
+    """
     if params_sharding is None:
         params_sharding = NamedSharding(mesh, P())
     data = NamedSharding(mesh, P("data"))
     step = jax.jit(
-        functools.partial(eval_step, model=model),
-        in_shardings=(params_sharding, data),
+        resident.gathering(functools.partial(eval_step, model=model)),
+        in_shardings=(NamedSharding(mesh, P()), params_sharding, data),
         out_shardings=data,
     )
-    return precision.with_matmul_precision(step, matmul_precision)
+    return resident.WithTables(precision.with_matmul_precision(step, matmul_precision))
 
 
 def eval_batches(
@@ -56,11 +61,14 @@ def eval_batches(
     pad_to: int | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
+    resident=None,
 ):
     """``(local batch, metas of the real examples of the global batch)`` in file order.
 
     ``batch_size`` examples a batch (``config.train.eval_batch_size``, the official
     ``eval_bsz``), each batch ``pad_to`` rows (a multiple of the device count).
+    ``resident``: the split's :class:`~trdetr_jax.data.resident.ResidentFeatures` (batches
+    then carry table rows instead of features).
     """
     from trdetr_jax import data as data_lib
 
@@ -73,6 +81,7 @@ def eval_batches(
             pad_to=pad_to,
             process_index=jax.process_index() if process_index is None else process_index,
             process_count=process_count,
+            resident=resident,
         )
     ):
         if process_count > 1:  # each process sees its rows only; outputs are gathered
@@ -94,6 +103,7 @@ def evaluate_split(
     eval_ds,
     config: ml_collections.ConfigDict,
     batch_size: int,
+    resident=None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Predicts the eval split and scores it with the official metrics.
 
@@ -101,7 +111,7 @@ def evaluate_split(
     """
     from trdetr_jax import evaluation
 
-    rows = predict_split(eval_fn, data_sharding, params, eval_ds, config, batch_size)
+    rows = predict_split(eval_fn, data_sharding, params, eval_ds, config, batch_size, resident)
     results = evaluation.evaluate_submission(
         rows, eval_ds.gt_rows(), dataset=eval_dataset_name(config)
     )
@@ -115,10 +125,13 @@ def predict_split(
     eval_ds,
     config: ml_collections.ConfigDict,
     batch_size: int,
+    resident=None,
 ) -> list[dict[str, Any]]:
     """Submission rows (official format) for every query of ``eval_ds``.
 
-    ``eval_fn(params, batch)`` is a jitted :func:`eval_step` (see :func:`jit_eval_step`).
+    ``eval_fn(params, batch)`` is a jitted :func:`eval_step` (see :func:`jit_eval_step`);
+    with ``resident`` (the split's features on the device) it must be the step bound to its
+    tables (``step.bind(resident.tables)``).
     """
     from trdetr_jax import evaluation
 
@@ -127,7 +140,7 @@ def predict_split(
     rows: list[dict[str, Any]] = []
     examples = min(config.train.eval_batch_size, batch_size)  # batch_size: rows, rounded up
     for batch, metas in mesh_lib.prefetch_to_devices(
-        eval_batches(eval_ds, examples, pad_to=batch_size),
+        eval_batches(eval_ds, examples, pad_to=batch_size, resident=resident),
         data_sharding,
         config.data.prefetch_depth,
     ):

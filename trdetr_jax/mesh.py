@@ -68,11 +68,20 @@ def check_process_rows(sharding: NamedSharding, global_size: int) -> None:
         )
 
 
-def device_batch(local: Batch, sharding: NamedSharding) -> dict[str, jax.Array]:
-    """This process's rows of a global batch -> batch-sharded global jax arrays."""
+def device_batch(
+    local: Batch, sharding: NamedSharding, batch_axis: int = 0
+) -> dict[str, jax.Array]:
+    """This process's rows of a global batch -> batch-sharded global jax arrays
+    (``batch_axis`` 1 for a chunk of stacked batches ``[steps, rows, ...]``)."""
     n = jax.process_count()
+
+    def global_shape(v):
+        shape = list(v.shape)
+        shape[batch_axis] *= n
+        return tuple(shape)
+
     return {
-        k: jax.make_array_from_process_local_data(sharding, v, (v.shape[0] * n, *v.shape[1:]))
+        k: jax.make_array_from_process_local_data(sharding, v, global_shape(v))
         for k, v in local.items()
     }
 
@@ -111,8 +120,11 @@ def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
     )
 
 
-def prefetch_to_devices(batches: Iterable[Any], sharding: NamedSharding, depth: int):
+def prefetch_to_devices(
+    batches: Iterable[Any], sharding: NamedSharding, depth: int, batch_axis: int = 0
+):
     """Loads and transfers batches on a worker thread, ``depth`` ahead of the step."""
     from trdetr_jax import data as data_lib
 
-    return data_lib.prefetch(batches, functools.partial(device_batch, sharding=sharding), depth)
+    put = functools.partial(device_batch, sharding=sharding, batch_axis=batch_axis)
+    return data_lib.prefetch(batches, put, depth)

@@ -582,6 +582,13 @@ def train_and_evaluate_seeds(
         )
         for change in rundir.config_diff(old_cfg, new_cfg) if old_cfg is not None else []:
             log.info("config changed since the checkpoint: %s", change)
+    if tcfg.get("steps_per_dispatch", 1) != 1 or config.data.get("features_on_device") == "yes":
+        # Not built for K seeds yet: every step is its own dispatch (per bucket pair), with
+        # features sent from the host; the results are the same either way.
+        log.info(
+            "a run of several seeds sends features from the host and dispatches every step "
+            "(config.data.features_on_device / config.train.steps_per_dispatch are not used)"
+        )
     wall_before = loop.wall_time_s
     running_host = [
         f is None and not lp.stopped_early and lp.epoch < tcfg.num_epochs

@@ -26,7 +26,7 @@ import dataclasses
 import functools
 import pathlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import jax
@@ -41,6 +41,7 @@ from jax.sharding import PartitionSpec as P
 from trdetr_jax import checkpointing, compile_cache, files, inference, precision, runlog
 from trdetr_jax import mesh as mesh_lib
 from trdetr_jax import seeds as seeds_lib
+from trdetr_jax.data import resident
 from trdetr_jax.errors import NonFiniteLossError, RunError
 from trdetr_jax.model import model_inputs
 from trdetr_jax.rundir import (
@@ -153,6 +154,42 @@ def train_step(
 # ------------------------------------------------------------------------ sharding
 
 
+def train_chunk(
+    state: TrainState,
+    batches: dict[str, jax.Array],
+    rng: jax.Array,
+    **step_kwargs,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """:func:`train_step` over a chunk of stacked batches ``[steps, rows, ...]`` in one
+    ``lax.scan`` (one dispatch); metrics come back stacked ``[steps]``."""
+
+    def body(s, batch):
+        return train_step(s, batch, rng, **step_kwargs)
+
+    return jax.lax.scan(body, state, batches)
+
+
+def chunks(batches: Iterable[dict], *, first_step: int, size: int, cut_every: int):
+    """Consecutive batches stacked into chunks of at most ``size`` steps.
+
+    A chunk ends where the global step after it is a multiple of ``size`` or of
+    ``cut_every`` (the checkpoint interval), or where the epoch ends, so the chunks depend on
+    step positions only: a run resumed at a checkpoint makes the chunks the uninterrupted
+    run made.
+    """
+    from trdetr_jax import data as data_lib
+
+    chunk, step = [], first_step
+    for batch in batches:
+        chunk.append(batch)
+        step += 1
+        if step % size == 0 or step % cut_every == 0:
+            yield data_lib.stack_batches(chunk)
+            chunk = []
+    if chunk:
+        yield data_lib.stack_batches(chunk)
+
+
 def check_train_config(tcfg: ml_collections.ConfigDict) -> None:
     """Loop settings that must be positive integers, named as on the command line."""
     for name in (
@@ -162,6 +199,7 @@ def check_train_config(tcfg: ml_collections.ConfigDict) -> None:
         "eval_every_epochs",
         "log_every_steps",
         "checkpoint_every_steps",
+        "steps_per_dispatch",
     ):
         value = tcfg[name]
         if not isinstance(value, int) or value < 1:
@@ -180,6 +218,11 @@ class Steps:
     eval: Any  # (params, batch) -> outputs
     init: Any  # (rng) -> state
     abstract_state: Any  # ShapeDtypeStructs with shardings (restore target)
+    # (state, chunk [steps, rows, ...], rng) -> (state, metrics [steps]); donates state
+    train_chunk: Any = None
+    chunk_sharding: NamedSharding | None = None  # chunks: rows split over the data axis
+    # train / train_chunk / eval are resident.WithTables: .bind(tables) for batches of
+    # table rows (features resident on the device).
 
 
 def build_steps(
@@ -208,17 +251,42 @@ def build_steps(
     state_sharding = jax.tree.map(lambda _: replicated, shapes)
     init = jax.jit(init_fn, in_shardings=replicated, out_shardings=state_sharding)
     train = jax.jit(
-        functools.partial(train_step, model=model, loss_fn=loss_fn, schedule=schedule),
-        in_shardings=(state_sharding, data, replicated),
+        resident.gathering(
+            functools.partial(train_step, model=model, loss_fn=loss_fn, schedule=schedule)
+        ),
+        in_shardings=(replicated, state_sharding, data, replicated),
         out_shardings=(state_sharding, replicated),
-        donate_argnames=("state",),
+        donate_argnums=(1,),  # the state
     )
-    init, train = (precision.with_matmul_precision(f, matmul_precision) for f in (init, train))
+    chunk_sharding = NamedSharding(mesh, P(None, "data"))
+    chunk = jax.jit(
+        resident.gathering(
+            functools.partial(train_chunk, model=model, loss_fn=loss_fn, schedule=schedule)
+        ),
+        in_shardings=(replicated, state_sharding, chunk_sharding, replicated),
+        out_shardings=(state_sharding, replicated),
+        donate_argnums=(1,),
+    )
+    init, train, chunk = (
+        precision.with_matmul_precision(f, matmul_precision) for f in (init, train, chunk)
+    )
+    train, chunk = resident.WithTables(train), resident.WithTables(chunk)
     evaluate = inference.jit_eval_step(mesh, model, state_sharding.params, matmul_precision)
     abstract = jax.tree.map(
         lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), shapes, state_sharding
     )
-    return Steps(mesh, replicated, data, state_sharding, train, evaluate, init, abstract)
+    return Steps(
+        mesh,
+        replicated,
+        data,
+        state_sharding,
+        train,
+        evaluate,
+        init,
+        abstract,
+        chunk,
+        chunk_sharding,
+    )
 
 
 # Jitted steps of recent runs in this process, so that running again with the same model,
@@ -311,8 +379,10 @@ def train_batches(
     start_step: int,
     process_index: int | None = None,
     process_count: int | None = None,
+    resident=None,
 ):
-    """This process's rows of each global training batch of ``epoch``, from ``start_step``."""
+    """This process's rows of each global training batch of ``epoch``, from ``start_step``
+    (``resident``: the split's features on the device; batches carry table rows)."""
     from trdetr_jax import data as data_lib
 
     for batch, _ in data_lib.train_batches(
@@ -323,6 +393,7 @@ def train_batches(
         start_step=start_step,
         process_index=jax.process_index() if process_index is None else process_index,
         process_count=jax.process_count() if process_count is None else process_count,
+        resident=resident,
     ):
         yield batch
 
@@ -339,19 +410,43 @@ def abstract_batch(ds, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
 
 
 def log_new_shapes(fn, what: str, info):
-    """``fn(x, batch, ...)`` that reports, once per padded (video, text) length, that jit
-    compiles ``what`` for it (an earlier run in this process may have compiled it)."""
-    seen: set[tuple[int, int]] = set()
+    """``fn(x, batch, ...)`` that reports, once per padded (video, text) length (and chunk
+    length), that jit compiles ``what`` for it (an earlier run in this process may have
+    compiled it)."""
+    seen: set[tuple[int, ...]] = set()
 
     @functools.wraps(fn)
     def wrapped(first, batch, *args):
-        shape = (batch["src_vid"].shape[1], batch["src_txt"].shape[1])
+        mask_v, mask_t = batch["src_vid_mask"], batch["src_txt_mask"]
+        shape = (*mask_v.shape[:-2], mask_v.shape[-1], mask_t.shape[-1])
         if shape not in seen:
             seen.add(shape)
-            info("%s for video length %d, text length %d (compiled once per bucket)", what, *shape)
+            chunk = f" of {shape[0]} steps" if len(shape) == 3 else ""
+            info(
+                "%s%s for video length %d, text length %d (compiled once per bucket)",
+                what,
+                chunk,
+                *shape[-2:],
+            )
         return fn(first, batch, *args)
 
     return wrapped
+
+
+def resident_features(config, train_ds, eval_ds, steps: Steps, info):
+    """``(train, eval)`` :class:`~trdetr_jax.data.resident.ResidentFeatures` when
+    ``config.data.features_on_device`` asks for them (and they fit), else ``(None, None)``."""
+    setting = config.data.get("features_on_device", "auto")
+    on, why = resident.wanted(setting, train_ds, list(steps.mesh.devices.flat))
+    if on:
+        eval_on, eval_why = resident.wanted(setting, eval_ds, list(steps.mesh.devices.flat))
+        on, why = on and eval_on, why if eval_on else eval_why
+    info("features on the device: %s (%s)", "yes" if on else "no", why)
+    if not on:
+        return None, None
+    tables = resident.build(train_ds, steps.replicated), resident.build(eval_ds, steps.replicated)
+    train_ds.store.disable_cache()  # the host copies are no longer read
+    return tables
 
 
 def log_buckets(log, train_ds, batch_size: int, seed: int) -> None:
@@ -445,9 +540,18 @@ def train_and_evaluate(
     for line in damaged:
         log.info("%s", line, console=False)  # already shown as warnings
     log_buckets(log, train_ds, tcfg.batch_size, config.seed)
+    train_res, eval_res = resident_features(config, train_ds, eval_ds, steps, log.info)
+    if train_res is not None:
+        steps = dataclasses.replace(
+            steps,
+            train=steps.train.bind(train_res.tables),
+            train_chunk=steps.train_chunk.bind(train_res.tables),
+            eval=steps.eval.bind(eval_res.tables),
+        )
     steps = dataclasses.replace(
         steps,
         train=log_new_shapes(steps.train, "train step", log.info),
+        train_chunk=log_new_shapes(steps.train_chunk, "train chunk", log.info),
         eval=log_new_shapes(steps.eval, "eval step", log.info),
     )
     if restored is None:
@@ -502,7 +606,13 @@ def train_and_evaluate(
     def run_eval(epoch: int) -> float:
         t0 = time.time()
         results, rows = inference.evaluate_split(
-            steps.eval, steps.batch_sharding, state.params, eval_ds, config, eval_batch_size
+            steps.eval,
+            steps.batch_sharding,
+            state.params,
+            eval_ds,
+            config,
+            eval_batch_size,
+            eval_res,
         )
         score = inference.brief_metric(results, tcfg.best_metric)
         # None marks a metric the split cannot give (e.g. an empty length bucket).
@@ -533,17 +643,27 @@ def train_and_evaluate(
     # ---- the loop.
     bar = runlog.ProgressBar(total_steps, loop.step)
     log.bar = bar
-    pending: tuple[int, Any] | None = None  # metrics of the last step, fetched one step late
+    # Metrics of the last dispatch, fetched one dispatch late: (last step, metrics, steps).
+    pending: tuple[int, Any, int] | None = None
     t_log = time.perf_counter()
+    per_dispatch = tcfg.steps_per_dispatch
 
     def drain() -> None:
-        """Fetches the pending step's metrics; checks the loss; logs every log_every_steps."""
-        nonlocal pending, t_log
+        """Fetches the pending dispatch's metrics; checks each step's loss; logs."""
+        nonlocal pending
         if pending is None:
             return
-        step, metrics = pending
+        last, metrics, n = pending
         pending = None
         metrics = jax.device_get(metrics)
+        if n == 1 and per_dispatch == 1:
+            record_step(last, metrics)
+        else:  # a chunk: metrics [n], one row per step
+            for i in range(n):
+                record_step(last - n + 1 + i, {k: v[i] for k, v in metrics.items()})
+
+    def record_step(step: int, metrics: dict[str, Any]) -> None:
+        nonlocal t_log
         check_finite(metrics, step)
         # Running sums live in the loop state, so a resumed run logs the same means.
         for k, v in metrics.items():
@@ -573,15 +693,33 @@ def train_and_evaluate(
                 seed=config.seed,
                 epoch=epoch,
                 start_step=loop.batch_in_epoch,
+                resident=train_res,
             )
-            for batch in mesh_lib.prefetch_to_devices(
-                batches, steps.batch_sharding, config.data.prefetch_depth
-            ):
-                state, metrics = steps.train(state, batch, dropout_rng)
-                drain()  # previous step's metrics, while this step runs
-                loop.step += 1
-                loop.batch_in_epoch += 1
-                pending = (loop.step, metrics)
+            if per_dispatch == 1:
+                feed, run = (
+                    mesh_lib.prefetch_to_devices(
+                        batches, steps.batch_sharding, config.data.prefetch_depth
+                    ),
+                    steps.train,
+                )
+            else:  # several steps per dispatch: one lax.scan over each chunk
+                batches = chunks(
+                    batches,
+                    first_step=loop.step,
+                    size=per_dispatch,
+                    cut_every=tcfg.checkpoint_every_steps,
+                )
+                feed = mesh_lib.prefetch_to_devices(
+                    batches, steps.chunk_sharding, config.data.prefetch_depth, batch_axis=1
+                )
+                run = steps.train_chunk
+            for batch in feed:
+                n = 1 if per_dispatch == 1 else batch["example_mask"].shape[0]
+                state, metrics = run(state, batch, dropout_rng)
+                drain()  # previous dispatch's metrics, while this one runs
+                loop.step += n
+                loop.batch_in_epoch += n
+                pending = (loop.step, metrics, n)
                 end_of_epoch = loop.batch_in_epoch == n_steps_epoch
                 if not end_of_epoch and loop.step % tcfg.checkpoint_every_steps == 0:
                     drain()  # never save a state whose loss was not checked

@@ -26,6 +26,8 @@ from trdetr_jax.data.batching import (
     eval_batches,
     example_rng,
     num_eval_batches,
+    pad_batch,
+    stack_batches,
     steps_per_epoch,
     train_batches,
 )
@@ -59,6 +61,8 @@ __all__ = [
     "make_dataset",
     "make_store",
     "num_eval_batches",
+    "pad_batch",
+    "stack_batches",
     "prefetch",
     "resolve_config",
     "steps_per_epoch",

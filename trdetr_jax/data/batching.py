@@ -64,13 +64,9 @@ def collate(
 ) -> dict[str, np.ndarray]:
     """Pad per-example arrays (from :meth:`MomentDataset.example`) to the fixed shapes."""
     b = len(examples)
-    dv = examples[0]["video"].shape[1]
-    dt = examples[0]["text"].shape[1]
     p = len(examples[0]["pos"])
     batch = {
-        "src_txt": np.zeros((b, max_q_l, dt), np.float32),
         "src_txt_mask": np.zeros((b, max_q_l), np.float32),
-        "src_vid": np.zeros((b, max_v_l, dv), np.float32),
         "src_vid_mask": np.zeros((b, max_v_l), np.float32),
         "span_labels": np.zeros((b, max_windows, 2), np.float32),
         "span_mask": np.zeros((b, max_windows), np.float32),
@@ -80,16 +76,25 @@ def collate(
         "src_pos_mask": np.zeros((b, max_v_l), np.float32),
         "example_mask": np.ones(b, np.float32) if example_mask is None else example_mask,
     }
+    features = "video" in examples[0]  # False: targets only (features stay on the device)
+    if features:
+        batch["src_txt"] = np.zeros((b, max_q_l, examples[0]["text"].shape[1]), np.float32)
+        batch["src_vid"] = np.zeros((b, max_v_l, examples[0]["video"].shape[1]), np.float32)
     if "audio" in examples[0]:
         batch["src_aud"] = np.zeros((b, max_v_l, examples[0]["audio"].shape[1]), np.float32)
     for i, ex in enumerate(examples):
-        lv, lt, nw = len(ex["video"]), len(ex["text"]), len(ex["spans"])
+        if features:
+            lv, lt = len(ex["video"]), len(ex["text"])
+        else:
+            lv, lt = ex["lengths"]
+        nw = len(ex["spans"])
         if lv > max_v_l or lt > max_q_l or nw > max_windows:  # the store cuts; defensive
             raise DataError(f"example {i} exceeds max_v_l/max_q_l/max_windows: {lv}/{lt}/{nw}")
-        batch["src_vid"][i, :lv] = ex["video"]
         batch["src_vid_mask"][i, :lv] = 1.0
-        batch["src_txt"][i, :lt] = ex["text"]
         batch["src_txt_mask"][i, :lt] = 1.0
+        if features:
+            batch["src_vid"][i, :lv] = ex["video"]
+            batch["src_txt"][i, :lt] = ex["text"]
         batch["span_labels"][i, :nw] = ex["spans"]
         batch["span_mask"][i, :nw] = 1.0
         batch["saliency_pos_labels"][i] = ex["pos"]
@@ -99,6 +104,33 @@ def collate(
         if "audio" in ex:
             batch["src_aud"][i, :lv] = ex["audio"]
     return batch
+
+
+# Keys whose axis 1 is the clip axis / the token axis (padded with zeros to a bucket).
+VIDEO_AXIS_KEYS = ("src_vid", "src_aud", "src_vid_mask", "saliency_all_labels", "src_pos_mask")
+TEXT_AXIS_KEYS = ("src_txt", "src_txt_mask")
+
+
+def pad_batch(batch: dict[str, np.ndarray], max_v_l: int, max_q_l: int) -> dict[str, np.ndarray]:
+    """``batch`` padded with zeros to ``max_v_l`` clips and ``max_q_l`` tokens (not shorter);
+    what the collate would have made at those lengths."""
+    out = dict(batch)
+    for keys, length in ((VIDEO_AXIS_KEYS, max_v_l), (TEXT_AXIS_KEYS, max_q_l)):
+        for k in keys:
+            if k in out and out[k].shape[1] < length:
+                widths = [(0, 0)] * out[k].ndim
+                widths[1] = (0, length - out[k].shape[1])
+                out[k] = np.pad(out[k], widths)
+    return out
+
+
+def stack_batches(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Batches as one chunk ``[steps, rows, ...]``, each padded to the chunk's longest
+    bucket (results do not depend on the padding: see :mod:`trdetr_jax.model.trdetr`)."""
+    lv = max(b["src_vid_mask"].shape[1] for b in batches)
+    lq = max(b["src_txt_mask"].shape[1] for b in batches)
+    padded = [pad_batch(b, lv, lq) for b in batches]
+    return {k: np.stack([b[k] for b in padded]) for k in padded[0]}
 
 
 def _local_slice(batch_size: int, process_index: int, process_count: int) -> slice:
@@ -111,11 +143,13 @@ def _local_slice(batch_size: int, process_index: int, process_count: int) -> sli
     return slice(process_index * per, (process_index + 1) * per)
 
 
-def _make(dataset: MomentDataset, global_idx, rngs, mask, local: slice) -> Batch:
+def _make(dataset: MomentDataset, global_idx, rngs, mask, local: slice, resident=None) -> Batch:
     """This process's rows ``local`` of the global batch of examples ``global_idx``.
 
     Shapes and official lengths come from every row's header lengths, so each process
-    agrees on them while loading only its own rows.
+    agrees on them while loading only its own rows. With ``resident`` (a
+    :class:`~trdetr_jax.data.resident.ResidentFeatures` of ``dataset``) the batch carries
+    ``video_row`` / ``text_row`` (rows of its device tables) instead of the feature arrays.
     """
     lengths = np.asarray([dataset.lengths(int(i)) for i in global_idx], np.int64)  # [B, 2]
     real = lengths[np.asarray(mask) > 0]
@@ -124,8 +158,8 @@ def _make(dataset: MomentDataset, global_idx, rngs, mask, local: slice) -> Batch
     idx, mask = global_idx[local], np.asarray(mask, np.float32)[local]
     examples = []
     for i, rng, (lv, lt) in zip(idx, rngs[local], lengths[local]):
-        ex = dataset.example(int(i), rng)
-        if (len(ex["video"]), len(ex["text"])) != (lv, lt):
+        ex = dataset.example(int(i), rng, with_features=resident is None)
+        if resident is None and (len(ex["video"]), len(ex["text"])) != (lv, lt):
             row = dataset.rows[int(i)]
             raise DataError(
                 f"vid {row['vid']!r} / qid {row['qid']!r}: loaded lengths "
@@ -143,6 +177,8 @@ def _make(dataset: MomentDataset, global_idx, rngs, mask, local: slice) -> Batch
     batch["official_txt_len"] = np.full(len(idx), official_t, np.int32)
     # The official loader's batch: the real rows only (the T2V mask quirk wraps around it).
     batch["official_batch_size"] = np.full(len(idx), len(real), np.int32)
+    if resident is not None:
+        batch["video_row"], batch["text_row"] = resident.rows(idx)
     metas = [dataset.rows[int(i)] for i, m in zip(idx, mask) if m > 0]
     return batch, metas
 
@@ -156,6 +192,7 @@ def train_batches(
     start_step: int = 0,
     process_index: int = 0,
     process_count: int = 1,
+    resident=None,
 ) -> Iterator[Batch]:
     """The batches of training epoch ``epoch`` from step ``start_step`` on (for resuming).
 
@@ -172,7 +209,7 @@ def train_batches(
     for step in range(start_step, steps_per_epoch(n, batch_size)):
         idx = order[step * batch_size : (step + 1) * batch_size]
         rngs = np.asarray([example_rng(seed, epoch, i) for i in idx], dtype=object)
-        yield _make(dataset, idx, rngs, np.ones(len(idx), np.float32), local)
+        yield _make(dataset, idx, rngs, np.ones(len(idx), np.float32), local, resident)
 
 
 def num_eval_batches(num_examples: int, batch_size: int) -> int:
@@ -187,6 +224,7 @@ def eval_batches(
     seed: int | None = None,
     process_index: int = 0,
     process_count: int = 1,
+    resident=None,
 ) -> Iterator[Batch]:
     """Every example once, in file order, ``batch_size`` examples a batch (the official
     ``eval_bsz``: the official lengths are those of these groups).
@@ -208,7 +246,7 @@ def eval_batches(
         idx = np.concatenate([real, np.full(pad_to - len(real), real[-1])])
         mask = (np.arange(pad_to) < len(real)).astype(np.float32)
         rngs = np.asarray([np.random.default_rng([_seed(seed), 2, int(i)]) for i in idx], object)
-        yield _make(dataset, idx, rngs, mask, local)
+        yield _make(dataset, idx, rngs, mask, local, resident)
 
 
 def batch_shapes(dataset: MomentDataset, batch_size: int) -> dict[str, tuple[tuple, np.dtype]]:

@@ -76,15 +76,26 @@ class MomentDataset:
         pairs = np.asarray([self.lengths(i) for i in range(len(self))], np.int64).reshape(-1, 2)
         return pairs[:, 0], pairs[:, 1]
 
-    def example(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """Unpadded arrays of example ``index``; ``rng`` draws its random saliency pairs."""
+    def example(
+        self, index: int, rng: np.random.Generator, *, with_features: bool = True
+    ) -> dict[str, np.ndarray]:
+        """Unpadded arrays of example ``index``; ``rng`` draws its random saliency pairs.
+
+        ``with_features=False``: the targets alone (the features stay on the device, see
+        :mod:`trdetr_jax.data.resident`); the clip count then comes from the file header.
+        """
         row = self.rows[index]
-        video, audio = self.store.video(row["vid"])  # [T, Dv], [T, Da] | None
-        text = self.store.text(row["qid"])  # [N, Dt]
-        ctx_l = len(video)
-        out = {"video": video, "text": text}
-        if audio is not None:
-            out["audio"] = audio
+        if with_features:
+            video, audio = self.store.video(row["vid"])  # [T, Dv], [T, Da] | None
+            text = self.store.text(row["qid"])  # [N, Dt]
+            ctx_l = len(video)
+            out = {"video": video, "text": text}
+            if audio is not None:
+                out["audio"] = audio
+        else:
+            lengths = self.lengths(index)
+            ctx_l = lengths[0]
+            out = {"lengths": np.asarray(lengths, np.int64)}
         if not ann.has_labels(row, self.layout):  # test split: zero targets, no span
             out.update(
                 spans=np.zeros((0, 2), np.float32),

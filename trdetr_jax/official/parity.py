@@ -545,6 +545,7 @@ def _run_train_path(kwargs, config, params, batch):
     import jax
     import jax.numpy as jnp
 
+    from trdetr_jax import mesh as mesh_lib
     from trdetr_jax import objective, precision
     from trdetr_jax import train as train_lib
     from trdetr_jax.model import TRDETR, model_inputs
@@ -553,7 +554,7 @@ def _run_train_path(kwargs, config, params, batch):
     model = TRDETR(**{**kwargs, "input_dropout": 0.0, "dropout": 0.0, "vfr_dropout": 0.0})
     batch = dict(batch)
     batch["example_mask"] = np.ones(batch["src_vid_mask"].shape[0], batch["src_vid_mask"].dtype)
-    mesh = train_lib.make_mesh(jax.devices()[:1])
+    mesh = mesh_lib.make_mesh(jax.devices()[:1])
     loss_fn = objective.make_loss_fn(config, mesh=mesh)
     rng = jax.random.key(0)
     step0 = jnp.zeros((), jnp.int32)
