@@ -264,10 +264,10 @@ def test_features_on_the_device_train_and_resume_to_the_same_result(
 def test_several_steps_per_dispatch_match_single_steps_and_resume_exactly(
     uninterrupted, cache_dir, tmp_path, monkeypatch
 ):
-    """config.train.steps_per_dispatch = 2: chunks of lax.scan steps, cut at the checkpoint
-    steps (every 3) and epoch ends, so chunks of 2 and 1 steps, padded to their longest
-    bucket. The run equals the one-step-per-dispatch run to float32 rounding (padding and
-    the scan's compile change reduction order only) and resumes bit for bit."""
+    """config.train.steps_per_dispatch = 2: chunks of lax.scan steps of one bucket, cut at
+    the checkpoint steps (every 3) and epoch ends, so chunks of 2 and 1 steps. The run
+    equals the one-step-per-dispatch run to float32 rounding (the scan's compile changes
+    the reduction order only) and resumes bit for bit."""
     config = run_config(cache_dir)
     config.train.steps_per_dispatch = 2
     chunked = tmp_path / "chunked"

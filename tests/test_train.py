@@ -239,3 +239,23 @@ def test_two_processes_train_like_one(tmp_path):
                 assert b[k] == v, (a["type"], a.get("step"), k, v, b[k])
             else:
                 np.testing.assert_allclose(b[k], v, rtol=2e-6, atol=1e-7, err_msg=k)
+
+
+def test_chunks_hold_one_bucket_and_end_at_size_checkpoints_and_epoch_end():
+    def batch(lv, step):
+        return {
+            "src_vid_mask": np.zeros((2, lv), np.float32),
+            "src_txt_mask": np.zeros((2, 4), np.float32),
+            "example_mask": np.full(2, step, np.float32),
+        }
+
+    lengths = [8, 8, 8, 8, 12, 12, 8, 8, 8, 8]  # global steps 6..15 (first_step 5)
+    batches = [batch(lv, 6 + i) for i, lv in enumerate(lengths)]
+    got = list(train.chunks(iter(batches), first_step=5, size=3, cut_every=4))
+    # Cuts after steps 6 (6 % 3), 8 (8 % 4), 9 (9 % 3; a bucket change follows), 11 (a bucket
+    # change follows), 12 (12 % 3, 12 % 4), 15 (15 % 3, the epoch's end).
+    steps = [c["example_mask"][:, 0].tolist() for c in got]
+    assert steps == [[6], [7, 8], [9], [10, 11], [12], [13, 14, 15]]
+    assert [c["src_vid_mask"].shape for c in got] == [
+        (1, 2, 8), (2, 2, 8), (1, 2, 8), (2, 2, 12), (1, 2, 8), (3, 2, 8)
+    ]  # fmt: skip

@@ -186,8 +186,8 @@ def get_base_config() -> config_dict.ConfigDict:
     # step: no host round trip per step; ties may be broken differently, see matcher.py).
     train.matcher = "scipy"
     # Train steps per dispatch: > 1 runs chunks of that many steps as one lax.scan (one
-    # dispatch, metrics fetched once per chunk); chunks are cut at checkpoint steps and
-    # epoch ends, and padded to their longest bucket. 1: one jitted call per step.
+    # dispatch, metrics fetched once per chunk); a chunk holds one length bucket and is cut
+    # at checkpoint steps and epoch ends. 1: one jitted call per step.
     train.steps_per_dispatch = 1
     # XLA's persistent compilation cache ('' = off): a rerun of the same config loads the eval
     # step, and with matcher='device' the train step, instead of compiling it (see

@@ -172,15 +172,22 @@ def train_chunk(
 def chunks(batches: Iterable[dict], *, first_step: int, size: int, cut_every: int):
     """Consecutive batches stacked into chunks of at most ``size`` steps.
 
-    A chunk ends where the global step after it is a multiple of ``size`` or of
-    ``cut_every`` (the checkpoint interval), or where the epoch ends, so the chunks depend on
-    step positions only: a run resumed at a checkpoint makes the chunks the uninterrupted
-    run made.
+    A chunk holds batches of one length bucket only (a batch padded further would draw other
+    dropout masks: JAX draws one per position of the padded array), and it ends where the
+    global step after it is a multiple of ``size`` or of ``cut_every`` (the checkpoint
+    interval), or where the epoch ends. So the chunks depend on the data order and step
+    positions only: a run resumed at a checkpoint makes the chunks the uninterrupted run made.
     """
     from trdetr_jax import data as data_lib
 
+    def shape(batch):
+        return batch["src_vid_mask"].shape, batch["src_txt_mask"].shape
+
     chunk, step = [], first_step
     for batch in batches:
+        if chunk and shape(batch) != shape(chunk[0]):
+            yield data_lib.stack_batches(chunk)
+            chunk = []
         chunk.append(batch)
         step += 1
         if step % size == 0 or step % cut_every == 0:

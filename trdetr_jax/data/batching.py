@@ -106,31 +106,12 @@ def collate(
     return batch
 
 
-# Keys whose axis 1 is the clip axis / the token axis (padded with zeros to a bucket).
-VIDEO_AXIS_KEYS = ("src_vid", "src_aud", "src_vid_mask", "saliency_all_labels", "src_pos_mask")
-TEXT_AXIS_KEYS = ("src_txt", "src_txt_mask")
-
-
-def pad_batch(batch: dict[str, np.ndarray], max_v_l: int, max_q_l: int) -> dict[str, np.ndarray]:
-    """``batch`` padded with zeros to ``max_v_l`` clips and ``max_q_l`` tokens (not shorter);
-    what the collate would have made at those lengths."""
-    out = dict(batch)
-    for keys, length in ((VIDEO_AXIS_KEYS, max_v_l), (TEXT_AXIS_KEYS, max_q_l)):
-        for k in keys:
-            if k in out and out[k].shape[1] < length:
-                widths = [(0, 0)] * out[k].ndim
-                widths[1] = (0, length - out[k].shape[1])
-                out[k] = np.pad(out[k], widths)
-    return out
-
-
 def stack_batches(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Batches as one chunk ``[steps, rows, ...]``, each padded to the chunk's longest
-    bucket (results do not depend on the padding: see :mod:`trdetr_jax.model.trdetr`)."""
-    lv = max(b["src_vid_mask"].shape[1] for b in batches)
-    lq = max(b["src_txt_mask"].shape[1] for b in batches)
-    padded = [pad_batch(b, lv, lq) for b in batches]
-    return {k: np.stack([b[k] for b in padded]) for k in padded[0]}
+    """Batches of one shape as one chunk ``[steps, rows, ...]``."""
+    shapes = {tuple((k, v.shape) for k, v in sorted(b.items())) for b in batches}
+    if len(shapes) != 1:
+        raise ValueError("stack_batches: the batches of a chunk must have one shape")
+    return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
 
 
 def _local_slice(batch_size: int, process_index: int, process_count: int) -> slice:
