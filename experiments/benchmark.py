@@ -27,6 +27,12 @@ switches of experiments/PROFILE.md::
     python experiments/benchmark.py --steps 10 --warmup 2 --profile /tmp/trdetr_profile
     python experiments/benchmark.py --steps 10 --warmup 2 --dropout-prng key   # A/B
     python experiments/benchmark.py --pipeline --steps 10
+
+With ``--seeds 1,2,4,8`` the step of a run of several seeds (trdetr_jax/seeds.py: K models,
+one vmapped step) is timed for each K, after the single-seed step; one JSON line each, with
+examples/s per model and the step time relative to the single-seed step::
+
+    python experiments/benchmark.py --seeds 1,2,4,8 --steps 10
 """
 
 from __future__ import annotations
@@ -444,6 +450,64 @@ def bench_pipeline(args) -> None:
     )
 
 
+def bench_seeds(args, config, mesh, steps, device_batches, single_step_s: float) -> None:
+    """``--seeds``: the K-seed step at the single step's shapes, one JSON line per K."""
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from trdetr_jax import precision, seeds
+
+    steps_per_epoch = 7293 // args.batch_size
+    train_fn = seeds.build_seeds_train_step(
+        mesh,
+        TRDETR(**model_kwargs_from_config(config)),
+        train.make_loss_fn(config, mesh),
+        train.lr_schedule(config, steps_per_epoch),
+        precision.of_config(config),
+    )
+    replicated = NamedSharding(mesh, P())
+    stacked = NamedSharding(mesh, P(None, "data"))
+    for k in (int(x) for x in args.seeds.split(",")):
+        state = jax.jit(lambda *xs: seeds.stack(xs), out_shardings=replicated)(
+            *[steps.init(jax.random.key(i)) for i in range(k)]
+        )
+        rngs = jax.device_put(jax.random.split(jax.random.key(1), k), replicated)
+        flags = jax.device_put(jnp.ones(k, bool), replicated)
+        batches = [
+            jax.device_put(jax.tree.map(lambda x, k=k: jnp.stack([x] * k), b), stacked)
+            for b in device_batches
+        ]
+        t0 = time.perf_counter()
+        compiled = train_fn.lower(state, batches[0], rngs, flags, flags).compile()
+        compile_s = time.perf_counter() - t0
+        running = flags
+        for i in range(args.warmup):
+            state, metrics, running = compiled(state, batches[i % 4], rngs, running, flags)
+        jax.block_until_ready(state)
+        t0 = time.perf_counter()
+        for i in range(args.steps):
+            state, metrics, running = compiled(state, batches[i % 4], rngs, running, flags)
+        jax.block_until_ready((state, metrics))
+        step_s = (time.perf_counter() - t0) / args.steps
+        device = jax.devices()[0]
+        result = {
+            "device": f"{device.platform}:{device.device_kind}",
+            "num_devices": mesh.devices.size,
+            "seeds": k,
+            "batch_size": args.batch_size,
+            "compile_s": round(compile_s, 2),
+            "step_s": round(step_s, 4),
+            "time_vs_one_seed_step": round(step_s / single_step_s, 3),
+            "examples_per_s_per_model": round(args.batch_size / step_s, 1),
+            "examples_per_s_all_models": round(k * args.batch_size / step_s, 1),
+            "all_finite": bool(np.all(np.asarray(running))),
+            **peak_memory_bytes(),
+        }
+        print(json.dumps(result), flush=True)
+        del state, batches
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch-size", type=int, default=None, help="global batch (default 32, "
@@ -469,6 +533,7 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="--pipeline: a config override, e.g. train.steps_per_dispatch=4")  # fmt: skip
     p.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS (before JAX starts)")
+    p.add_argument("--seeds", default=None, help="e.g. 1,2,4,8: time the K-seed step per K")
     args = p.parse_args()
     if args.xla_flags:
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {args.xla_flags}".strip()
@@ -560,7 +625,9 @@ def main() -> None:
         "load_avg_1m": round(os.getloadavg()[0], 2),
         **peak_memory_bytes(),
     }
-    print(json.dumps(result))
+    print(json.dumps(result), flush=True)
+    if args.seeds:
+        bench_seeds(args, config, mesh, steps, device_batches, elapsed / args.steps)
 
 
 if __name__ == "__main__":

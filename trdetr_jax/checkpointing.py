@@ -7,6 +7,11 @@ One ``CheckpointManager`` under ``<workdir>/checkpoints``; each step directory h
 - ``loop``: the host-side loop state (:class:`LoopState`) as JSON: which epoch is in progress,
   how many of its batches are done, the best score so far, the early-stopping counter.
 
+A run of several seeds (:mod:`trdetr_jax.seeds`) saves the same two items with the seeds'
+train states stacked on a leading axis and a :class:`SeedsLoopState` (the run's position and
+one :class:`LoopState` per seed) as ``loop``, unscored (its manager keeps the latest); each
+seed's own folder holds a manager of this layout for that seed alone.
+
 Checkpoints saved right after an evaluation carry ``metrics={'score': ...}``. The preservation
 policy keeps the newest checkpoint (``LatestN(1)``) and the best-scoring one (``BestN(1)``);
 everything else is deleted by Orbax after each save.
@@ -37,6 +42,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
@@ -94,6 +100,44 @@ class LoopState:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
+    def state_steps(self) -> list[int]:
+        """The optimiser step(s) the saved train state must hold (checked on restore)."""
+        return [self.step]
+
+
+@dataclasses.dataclass
+class SeedsLoopState:
+    """Host-side state of a run of several seeds (:mod:`trdetr_jax.seeds`), saved beside
+    their stacked train state: the run's position plus one :class:`LoopState` per seed.
+
+    ``step`` counts the run's steps; ``loops[k].step`` counts the updates seed ``k`` applied
+    (equal while it trains; frozen once it stopped early or its loss became non-finite).
+    """
+
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    step: int = 0
+    seeds: list[int] = dataclasses.field(default_factory=list)
+    loops: list[LoopState] = dataclasses.field(default_factory=list)
+    # Per seed: None, or the one-line report of the step at which its loss became non-finite.
+    failed: list[str | None] = dataclasses.field(default_factory=list)
+    wall_time_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["loops"] = [loop.to_json() for loop in self.loops]
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SeedsLoopState:
+        names = {f.name for f in dataclasses.fields(cls)}
+        out = cls(**{k: v for k, v in d.items() if k in names})
+        out.loops = [LoopState.from_json(x) for x in out.loops]
+        return out
+
+    def state_steps(self) -> list[int]:
+        return [loop.step for loop in self.loops]
+
 
 class _QuietUntracked(logging.Filter):
     """Drops two Orbax warnings that are expected here: saves without metrics (only evaluated
@@ -116,8 +160,16 @@ def _score(metrics: dict[str, Any]) -> float:
 class RunCheckpoints:
     """The checkpoints of one run: latest + best, atomic, synchronous."""
 
-    def __init__(self, directory: str | os.PathLike, *, read_only: bool = False):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        read_only: bool = False,
+        loop_type: type = LoopState,
+    ):
         self.directory = pathlib.Path(directory).resolve()
+        # LoopState, or SeedsLoopState for the stacked state of a run of several seeds.
+        self.loop_type = loop_type
         options = ocp.CheckpointManagerOptions(
             # best_fn/best_mode make `best_step()` rank by the saved metrics; what is kept is
             # decided by `preservation_policy` alone.
@@ -140,7 +192,7 @@ class RunCheckpoints:
         )
 
     # ------------------------------------------------------------------ save
-    def save(self, state: Any, loop: LoopState, *, score: float | None = None) -> None:
+    def save(self, state: Any, loop: Any, *, score: float | None = None) -> None:
         """Saves ``state`` + ``loop`` at ``loop.step``; ``score`` marks an evaluated checkpoint."""
         metrics = None if score is None else {"score": float(score)}
         self.manager.save(
@@ -177,7 +229,7 @@ class RunCheckpoints:
                 }
             ),
         )
-        return restored[STATE_ITEM], LoopState.from_json(restored[LOOP_ITEM])
+        return restored[STATE_ITEM], self.loop_type.from_json(restored[LOOP_ITEM])
 
     def candidate_steps(self, *, best_first: bool = False) -> list[int]:
         """Finalised steps, newest first; ``best_first`` puts the best evaluated step first."""
@@ -203,9 +255,16 @@ class RunCheckpoints:
             with _quiet_orbax():
                 try:
                     state, loop = self.restore(step, abstract_state)
-                    found = int(state.step) if hasattr(state, "step") else loop.step
-                    if loop.step != step or found != step:
-                        raise ValueError(f"loop state says step {loop.step}, train state {found}")
+                    found = (
+                        np.asarray(state.step).reshape(-1).tolist()
+                        if hasattr(state, "step")
+                        else loop.state_steps()
+                    )
+                    if loop.step != step or found != loop.state_steps():
+                        raise ValueError(
+                            f"loop state says step {loop.step} ({loop.state_steps()}), train "
+                            f"state {found}"
+                        )
                 except Exception as e:  # noqa: BLE001 (any failure to read means: damaged)
                     reason = _one_line(e)
                     del e
@@ -228,6 +287,13 @@ class RunCheckpoints:
         shutil.move(str(self.directory / str(step)), str(target))
         self.manager.reload()
         return target
+
+    def delete_after(self, step: int) -> list[int]:
+        """Deletes the finalised steps after ``step`` (a resumed run saves them again)."""
+        later = sorted(s for s in self.manager.all_steps() if s > step)
+        for s in later:
+            self.manager.delete(s)
+        return later
 
     def close(self) -> None:
         self.manager.close()

@@ -193,6 +193,15 @@ def get_base_config() -> config_dict.ConfigDict:
     # step, and with matcher='device' the train step, instead of compiling it (see
     # trdetr_jax/compile_cache.py).
     train.compilation_cache_dir = "~/.cache/trdetr_jax/xla"
+    # Several seeds in one run (trdetr_jax/seeds.py): K models trained at once by one
+    # compiled step, seeds config.seed + k (k < num_seeds), or the explicit list `seeds`.
+    train.num_seeds = 1
+    train.seeds = ()
+    # How the K seeds' batches share a step when they fall in different length buckets:
+    # 'exact' runs one call per bucket pair among them (each seed sees the shapes, hence the
+    # dropout masks, of its single run); 'common' pads all to the largest (one call a step;
+    # dropout draws per padded position, so a seed padded further gets other masks).
+    train.seed_padding = "exact"
     config.train = train
 
     # ------------------------------------------------------------------ eval

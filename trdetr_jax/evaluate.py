@@ -4,6 +4,12 @@
         [--dataset qvhighlights|charades|tvsum] [--strict] [--allow-missing]
     python -m trdetr_jax.evaluate --checkpoint DIR --gt GT.jsonl [--feature-root DIR]
         [--override key=value ...] [--save-submission PRED.jsonl] [--out METRICS.json]
+    python -m trdetr_jax.evaluate --submission SEED1.jsonl SEED2.jsonl ... --gt GT.jsonl
+    python -m trdetr_jax.evaluate --checkpoint WORKDIR_OF_SEVERAL_SEEDS --gt GT.jsonl
+
+Several prediction files (one per seed), or the workdir of a run of several seeds (each
+``seed_<s>/`` model is run), are scored one by one, then every brief metric is printed as
+mean ± std over them (sample std, as ``summary.json`` of such a run).
 
 `--gt` takes a path, or DATASET:SPLIT for an annotation file shipped with the package
 (e.g. ``qvhighlights:val``, ``qvhighlights:test``, ``charades:test``, ``tvsum:val``).
@@ -47,8 +53,15 @@ def _parser() -> argparse.ArgumentParser:
         "QVHighlights evaluation computes them (also Charades-STA and TVSum).",
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--submission", help="predictions, one JSON object per line")
-    src.add_argument("--checkpoint", help="run this checkpoint on the --gt queries first")
+    src.add_argument(
+        "--submission",
+        nargs="+",
+        help="predictions, one JSON object per line; several files: mean ± std over them",
+    )
+    src.add_argument(
+        "--checkpoint",
+        help="run this checkpoint on the --gt queries first (a workdir of several seeds: each)",
+    )
     p.add_argument("--gt", required=True, help="ground-truth .jsonl, or DATASET:SPLIT")
     p.add_argument("--out", help="write the full nested metrics (JSON) here")
     p.add_argument("--dataset", choices=DATASETS, help="default: detected from the ground truth")
@@ -94,14 +107,15 @@ def resolve_gt(spec: str) -> pathlib.Path:
         raise EvalInputError(f"--gt {spec}: {e}") from None
 
 
-def _predict(args, gt_path: pathlib.Path) -> list[dict]:
+def _predict(args, gt_path: pathlib.Path, checkpoint: str | None = None) -> list[dict]:
     from trdetr_jax.data import DataError
     from trdetr_jax.errors import RunError
     from trdetr_jax.predict import predict_rows
 
+    checkpoint = args.checkpoint if checkpoint is None else checkpoint
     try:
         return predict_rows(
-            args.checkpoint,
+            checkpoint,
             str(gt_path),
             feature_root=args.feature_root,
             overrides=tuple(args.override),
@@ -109,7 +123,7 @@ def _predict(args, gt_path: pathlib.Path) -> list[dict]:
     except (RunError, DataError) as e:
         if args.traceback:
             raise
-        raise EvalInputError(f"--checkpoint {args.checkpoint}: {e}") from None
+        raise EvalInputError(f"--checkpoint {checkpoint}: {e}") from None
 
 
 def _format(value) -> str:
@@ -127,6 +141,40 @@ def print_brief(metrics: dict, dataset: str, n_pred: int, n_gt: int, file=None) 
         print(f"  {key:<{width}}  {_format(value)}", file=file)
 
 
+def _score(args, rows, gt):
+    """Metrics of ``rows``; odd-prediction warnings and notes printed to stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", OddPredictionWarning)
+        warnings.simplefilter("always", EvaluationNote)
+        metrics = evaluate_submission(
+            rows,
+            gt,
+            args.dataset,
+            strict=args.strict,
+            allow_missing=args.allow_missing,
+            tvsum_videos_per_batch=args.tvsum_videos_per_batch,
+        )
+    for w in caught:
+        kind = "note" if issubclass(w.category, EvaluationNote) else "warning"
+        print(f"{kind}: {w.message}", file=sys.stderr)
+    return metrics
+
+
+def print_over_seeds(results: list[tuple[str, dict]], file=None) -> dict:
+    """Every brief metric as mean ± std over ``[(name, metrics), ...]`` (sample std), with
+    one column per input; returns ``{metric: {'mean', 'std', 'n'}}``."""
+    from trdetr_jax import runlog, seeds
+
+    file = file or sys.stdout
+    over = seeds.over_seeds([m["brief"] for _, m in results])
+    columns = [{"label": f"#{i + 1}", "best_brief": m["brief"]} for i, (_, m) in enumerate(results)]
+    print(f"mean ± std over {len(results)} (sample std):", file=file)
+    for i, (name, _) in enumerate(results):
+        print(f"  #{i + 1}: {name}", file=file)
+    print(runlog.seeds_table(over, columns), file=file)
+    return over
+
+
 def run(argv=None) -> int:
     args = _parser().parse_args(argv)
     if args.checkpoint is None and (args.feature_root or args.override or args.save_submission):
@@ -135,36 +183,55 @@ def run(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
+    from trdetr_jax import seeds
+
+    seed_dirs = seeds.seed_workdirs(args.checkpoint) if args.checkpoint is not None else []
+    if seed_dirs and args.save_submission:
+        print(
+            f"error: --save-submission takes one model; {args.checkpoint} is a run of "
+            f"{len(seed_dirs)} seeds (their best predictions are in each seed_<s>/ folder)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         gt_path = resolve_gt(args.gt)
         gt = read_jsonl(gt_path, what="ground-truth file")
-        if args.checkpoint is not None:
+        sources: list[tuple[str, JsonlFile]] = []
+        if seed_dirs:
+            for d in seed_dirs:
+                rows = _predict(args, gt_path, str(d))
+                sources.append((str(d), JsonlFile.from_rows(rows, f"<predictions of {d}>")))
+        elif args.checkpoint is not None:
             rows = JsonlFile.from_rows(
                 _predict(args, gt_path), f"<predictions of {args.checkpoint}>"
             )
             if args.save_submission:
                 write_jsonl_atomic(args.save_submission, rows.rows)
+            sources.append((args.checkpoint, rows))
         else:
-            rows = read_jsonl(args.submission, what="submission file")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", OddPredictionWarning)
-            warnings.simplefilter("always", EvaluationNote)
-            metrics = evaluate_submission(
-                rows,
-                gt,
-                args.dataset,
-                strict=args.strict,
-                allow_missing=args.allow_missing,
-                tvsum_videos_per_batch=args.tvsum_videos_per_batch,
-            )
-        for w in caught:
-            kind = "note" if issubclass(w.category, EvaluationNote) else "warning"
-            print(f"{kind}: {w.message}", file=sys.stderr)
-        dataset = args.dataset or _detected(gt)
-        print_brief(metrics, dataset, len(rows), len(gt))
-        if args.out:
-            write_text_atomic(args.out, dumps_metrics(metrics))
-            print(f"metrics written to {args.out}")
+            for path in args.submission:
+                sources.append((path, read_jsonl(path, what="submission file")))
+        results = []
+        for name, rows in sources:
+            metrics = _score(args, rows, gt)
+            dataset = args.dataset or _detected(gt)
+            if len(sources) > 1:
+                print(f"== {name}")
+            print_brief(metrics, dataset, len(rows), len(gt))
+            results.append((name, metrics))
+        if len(results) == 1:
+            if args.out:
+                write_text_atomic(args.out, dumps_metrics(results[0][1]))
+                print(f"metrics written to {args.out}")
+        else:
+            over = print_over_seeds(results)
+            if args.out:
+                import json
+
+                runs = [{"source": n, "metrics": json.loads(dumps_metrics(m))} for n, m in results]
+                text = json.dumps({"runs": runs, "over_seeds": over}, indent=2)
+                write_text_atomic(args.out, text)
+                print(f"metrics written to {args.out}")
     except (EvalInputError, OSError) as e:  # OSError: the output cannot be written
         print(f"error: {e}", file=sys.stderr)
         return 1

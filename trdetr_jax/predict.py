@@ -47,9 +47,14 @@ def load_config(checkpoint_dir: str | pathlib.Path) -> ml_collections.ConfigDict
             "(or trdetr_jax.convert) wrote beside its checkpoints"
         )
     try:
-        return ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
+        saved = json.loads(path.read_text())
+        config = ml_collections.ConfigDict(_tuples(saved))
     except (OSError, ValueError) as e:
         raise errors.RunError(f"{path}: cannot read the recorded configuration ({e})") from None
+    from trdetr_jax import seeds  # a run of several seeds: its models are in seed_<s>/
+
+    seeds.check_single_seed_dir(saved, checkpoint_dir)
+    return config
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:

@@ -87,12 +87,22 @@ def fmt_time(seconds: float) -> str:
 class RunLog:
     """``train.log`` (human-readable) and ``metrics.jsonl`` (one JSON object per record)."""
 
-    def __init__(self, workdir: pathlib.Path, resume_step: int | None):
+    def __init__(
+        self,
+        workdir: pathlib.Path,
+        resume_step: int | None,
+        seed_dirs: dict[int, pathlib.Path] | None = None,
+    ):
         self.enabled = jax.process_index() == 0
         self.bar: ProgressBar | None = None  # cleared before console lines
         self.log_path = workdir / "train.log"
         self.metrics_path = workdir / "metrics.jsonl"
         self.events = tensorboard.EventWriter(workdir, resume_step)  # TensorBoard curves
+        # A run of several seeds: a record with a "seed" goes to that seed's event files (one
+        # TensorBoard run per seed under the workdir).
+        self.seed_events = {
+            s: tensorboard.EventWriter(d, resume_step) for s, d in (seed_dirs or {}).items()
+        }
         if self.enabled:
             self._truncate_metrics(resume_step)
 
@@ -124,7 +134,8 @@ class RunLog:
         if self.enabled:
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(record, sort_keys=True, default=files.json_default) + "\n")
-            self.events.write(record)
+            events = self.seed_events.get(record.get("seed"), self.events)
+            events.write({k: v for k, v in record.items() if k != "seed"})
 
 
 def summary_table(summary: dict[str, Any]) -> str:
@@ -148,3 +159,55 @@ def summary_table(summary: dict[str, Any]) -> str:
     line = "-" * (width + 2 + max(len(str(v)) for _, v in rows))
     body = "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
     return f"{line}\nTR-DETR training summary\n{line}\n{body}\n{line}"
+
+
+def fmt_mean_std(mean: float | None, std: float | None) -> str:
+    """``mean ± std``: 2 decimals for percentages, 4 for fractions (TVSum mAP); the mean
+    alone for one value."""
+    if mean is None:
+        return "n/a"
+    digits = 2 if abs(mean) >= 1 or mean == 0 else 4
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def seeds_table(over: dict[str, dict[str, Any]], per_seed: list[dict[str, Any]]) -> str:
+    """Metric rows: mean ± std over seeds (sample std), then one column per seed."""
+    header = ["metric", "mean ± std", *(r.get("label") or f"seed {r['seed']}" for r in per_seed)]
+    rows = [header]
+    for name, agg in over.items():
+        cells = [fmt_num((r.get("best_brief") or {}).get(name)) for r in per_seed]
+        rows.append([name, fmt_mean_std(agg["mean"], agg["std"]), *cells])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        for row in rows
+    ]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def seeds_summary_table(summary: dict[str, Any]) -> str:
+    """The final table of a run of several seeds: run facts, the metric table, each seed's
+    status and best step."""
+    per_seed = summary["per_seed"]
+    facts = [
+        ("workdir", summary["workdir"]),
+        ("seeds", ", ".join(str(s) for s in summary["seeds"])),
+        ("steps / epochs", f"{summary['steps']} / {summary['epochs']}"),
+        ("wall time", fmt_time(summary["wall_time_s"])),
+        ("selection metric", summary["best_metric"]),
+        ("finished", f"{len(summary['finished'])} of {len(per_seed)}"),
+    ]
+    for r in per_seed:
+        best = (
+            "no evaluation"
+            if r["best_score"] is None
+            else f"best {fmt_num(r['best_score'])} at epoch {r['best_epoch']} (step {r['best_step']})"
+        )
+        facts.append((f"  seed {r['seed']}", f"{r['status']}, {best}"))
+    width = max(len(k) for k, _ in facts)
+    body = "\n".join(f"{k.ljust(width)}  {v}" for k, v in facts)
+    table = seeds_table(summary["over_seeds"], per_seed)
+    line = "-" * max(len(x) for x in (body + "\n" + table).splitlines())
+    n = len(per_seed)
+    title = f"TR-DETR training summary: {n} seeds, best evaluation of each, mean ± std (sample)"
+    return f"{line}\n{title}\n{line}\n{body}\n{line}\n{table}\n{line}"

@@ -26,7 +26,7 @@ import dataclasses
 import functools
 import pathlib
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import jax
@@ -40,6 +40,7 @@ from jax.sharding import PartitionSpec as P
 
 from trdetr_jax import checkpointing, compile_cache, files, inference, precision, runlog
 from trdetr_jax import mesh as mesh_lib
+from trdetr_jax import seeds as seeds_lib
 from trdetr_jax.data import resident
 from trdetr_jax.errors import NonFiniteLossError, RunError
 from trdetr_jax.model import model_inputs
@@ -473,8 +474,17 @@ def log_buckets(log, train_ds, batch_size: int, seed: int) -> None:
 # ------------------------------------------------------------------------------ loop
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    devices: Sequence[jax.Device] | None = None,
+) -> dict[str, Any]:
     """Trains, evaluates every ``eval_every_epochs``, keeps the best; resumes from ``workdir``.
+
+    ``devices``: the mesh's devices (default: every device of every process). A config with
+    several seeds (``config.train.num_seeds`` / ``seeds``) trains them all at once:
+    :func:`trdetr_jax.seeds.train_and_evaluate_seeds`.
 
     Everything that can refuse the run is decided before the workdir is touched: the loop
     settings, the workdir's writability, the data (every row and feature header), and, when
@@ -484,6 +494,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     Returns the run summary (also printed as a table and written to ``summary.json``).
     """
+    if seeds_lib.is_multi_seed(config):
+        return seeds_lib.train_and_evaluate_seeds(config, workdir, devices=devices)
     t_start = time.time()
     mesh_lib.maybe_initialize_distributed(config)
     tcfg = config.train
@@ -493,7 +505,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     check_workdir(workdir_path)
 
     # ---- data, model, mesh. Nothing is written to the workdir until the run goes ahead.
-    mesh = mesh_lib.make_mesh()
+    mesh = mesh_lib.make_mesh(devices)
     mesh_lib.check_batch_size(tcfg.batch_size, mesh, "config.train.batch_size")
     n_dev = mesh.devices.size
     eval_batch_size = -(-tcfg.eval_batch_size // n_dev) * n_dev  # eval pads: round up
@@ -504,6 +516,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ckpt_dir = workdir_path / checkpointing.CHECKPOINT_SUBDIR
     old_cfg = saved_config(config_path) if has_checkpoints(ckpt_dir) else None
     if old_cfg is not None:
+        if len(seeds_lib.seeds_of_saved(old_cfg)) > 1:  # its checkpoints stack several seeds
+            seeds_lib.check_same_seeds(old_cfg, (config.seed,), workdir_path)
         check_resumable(old_cfg, new_cfg, workdir_path)
     n_steps_epoch = steps_per_epoch(train_ds, tcfg.batch_size)
     total_steps = n_steps_epoch * tcfg.num_epochs
