@@ -276,8 +276,11 @@ def test_several_steps_per_dispatch_match_single_steps_and_resume_exactly(
     params_1, loop_1 = saved(uninterrupted[0])
     params_2, loop_2 = saved(chunked)
     assert loop_2["step"] == loop_1["step"] == 8
+    # Adam moves a parameter by up to ~lr a step whatever the gradient's size, so rounding
+    # noise in a small gradient shows as up to a few lr-units of 1e-3 of a step: atol 1e-4
+    # (measured: 6.4e-6 at most) is a tenth of one step's update.
     jax.tree.map(
-        lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-6), params_1, params_2
+        lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=1e-4), params_1, params_2
     )
     a, b = records(uninterrupted[0]), records(chunked)
     assert [(r["type"], r["step"]) for r in a] == [(r["type"], r["step"]) for r in b]
