@@ -528,7 +528,7 @@ def main() -> None:
                    "analysis; a jax.profiler trace to DIR")  # fmt: skip
     p.add_argument("--pipeline", action="store_true", help="time train.train_and_evaluate on "
                    "a generated dataset (batch 32: --steps + --warmup batches)")  # fmt: skip
-    p.add_argument("--dropout-prng", default=objective.DROPOUT_PRNG, choices=DROPOUT_PRNGS,
+    p.add_argument("--dropout-prng", default="key", choices=DROPOUT_PRNGS,
                    help="bit generator of the dropout masks ('key': the step's own key)")  # fmt: skip
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="--pipeline: a config override, e.g. train.steps_per_dispatch=4")  # fmt: skip

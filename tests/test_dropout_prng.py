@@ -13,13 +13,13 @@ from trdetr_jax import objective
 
 def test_dropout_key_is_a_deterministic_threefry4x32_key_of_the_step_key():
     step_key = jax.random.fold_in(jax.random.key(3), 7)
-    a, b = objective.dropout_key(step_key), objective.dropout_key(step_key)
+    a, b = (objective.dropout_key(step_key, "threefry4x32") for _ in range(2))
     assert str(jax.random.key_impl(a)) == "threefry4x32"
     np.testing.assert_array_equal(jax.random.key_data(a), jax.random.key_data(b))
-    other = objective.dropout_key(jax.random.fold_in(jax.random.key(3), 8))
+    other = objective.dropout_key(jax.random.fold_in(jax.random.key(3), 8), "threefry4x32")
     assert not np.array_equal(jax.random.key_data(a), jax.random.key_data(other))
     # a raw uint32 key is the same key as its typed form
-    raw = objective.dropout_key(jax.random.key_data(step_key))
+    raw = objective.dropout_key(jax.random.key_data(step_key), "threefry4x32")
     np.testing.assert_array_equal(jax.random.key_data(raw), jax.random.key_data(a))
     # None, or a key of the implementation already: the key itself
     assert objective.dropout_key(step_key, None) is step_key
@@ -62,6 +62,6 @@ def test_the_objective_draws_its_dropout_masks_from_the_derived_key():
         jaxpr = jax.make_jaxpr(total)(params, jax.random.key(1))
         return set(re.findall(r"key<(\w+)>", str(jaxpr)))
 
-    assert key_types(True) == {"fry", "fry4"}  # the step key, the masks' key
-    assert key_types(True, dropout_prng=None) == {"fry"}
+    assert key_types(True, dropout_prng="threefry4x32") == {"fry", "fry4"}  # step, masks
+    assert key_types(True) == {"fry"}  # the default: the step key's own generator
     assert key_types(False) == {"fry"}  # no dropout: the key is not used
