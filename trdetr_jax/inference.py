@@ -133,10 +133,6 @@ def predict_split(
     with ``resident`` (the split's features on the device) it must be the step bound to its
     tables (``step.bind(resident.tables)``).
     """
-    from trdetr_jax import evaluation
-
-    # Without matching (TVSum) the span heads are untrained: saliency only.
-    windows = bool(config.loss.use_matcher)
     rows: list[dict[str, Any]] = []
     examples = min(config.train.eval_batch_size, batch_size)  # batch_size: rows, rounded up
     for batch, metas in mesh_lib.prefetch_to_devices(
@@ -144,18 +140,27 @@ def predict_split(
         data_sharding,
         config.data.prefetch_depth,
     ):
-        out = mesh_lib.to_host(eval_fn(params, batch))
-        n = len(metas)  # padding rows (example_mask 0) come last
-        out = {k: np.asarray(v)[:n] for k, v in out.items()}
-        rows += evaluation.predictions_to_rows(
-            out["pred_logits"] if windows else None,
-            out["pred_spans"] if windows else None,
-            out["saliency_scores"],
-            out["video_mask"],
-            metas,
-            **postprocess_kwargs(config),
-        )
+        rows += output_rows(mesh_lib.to_host(eval_fn(params, batch)), metas, config)
     return rows
+
+
+def output_rows(out: dict[str, Any], metas: list[dict], config) -> list[dict[str, Any]]:
+    """Submission rows of one eval batch's host outputs (padding rows, which come last, are
+    dropped: ``metas`` lists the real ones)."""
+    from trdetr_jax import evaluation
+
+    # Without matching (TVSum) the span heads are untrained: saliency only.
+    windows = bool(config.loss.use_matcher)
+    n = len(metas)
+    out = {k: np.asarray(v)[:n] for k, v in out.items()}
+    return evaluation.predictions_to_rows(
+        out["pred_logits"] if windows else None,
+        out["pred_spans"] if windows else None,
+        out["saliency_scores"],
+        out["video_mask"],
+        metas,
+        **postprocess_kwargs(config),
+    )
 
 
 def postprocess_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -355,9 +355,7 @@ def predict_split_seeds(
     each batch (loaded once): a seed's predictions are those its single run, ``predict`` and
     ``evaluate --checkpoint`` compute from the same parameters, bit for bit (a vmapped
     forward pass reduces in another order). Evaluation is a small part of a run's time."""
-    from trdetr_jax import evaluation
 
-    windows = bool(config.loss.use_matcher)
     rows: list[list[dict[str, Any]]] = [[] for _ in range(num_seeds)]
     examples = min(config.train.eval_batch_size, batch_size)
     per_seed = [unstack(params, k) for k in range(num_seeds)]
@@ -366,18 +364,9 @@ def predict_split_seeds(
         data_sharding,
         config.data.prefetch_depth,
     ):
-        n = len(metas)  # padding rows (example_mask 0) come last
         for k in range(num_seeds):
             out = mesh_lib.to_host(eval_fn(per_seed[k], batch))
-            o = {key: np.asarray(v)[:n] for key, v in out.items()}
-            rows[k] += evaluation.predictions_to_rows(
-                o["pred_logits"] if windows else None,
-                o["pred_spans"] if windows else None,
-                o["saliency_scores"],
-                o["video_mask"],
-                metas,
-                **inference.postprocess_kwargs(config),
-            )
+            rows[k] += inference.output_rows(out, metas, config)
     return rows
 
 
