@@ -65,3 +65,7 @@ def test_the_objective_draws_its_dropout_masks_from_the_derived_key():
     assert key_types(True, dropout_prng="threefry4x32") == {"fry", "fry4"}  # step, masks
     assert key_types(True) == {"fry"}  # the default: the step key's own generator
     assert key_types(False) == {"fry"}  # no dropout: the key is not used
+    # config.train.dropout_prng chooses the generator of the training loss
+    config.train.dropout_prng = "philox2x32"
+    loss_fn = objective.make_loss_fn(config)
+    assert key_types(True) == {"fry", "phx2"}

@@ -189,6 +189,12 @@ def get_base_config() -> config_dict.ConfigDict:
     # dispatch, metrics fetched once per chunk); a chunk holds one length bucket and is cut
     # at checkpoint steps and epoch ends. 1: one jitted call per step.
     train.steps_per_dispatch = 1
+    # The dropout masks' bit generator: '' draws them from the step's dropout key
+    # (threefry2x32); a JAX PRNG name ('threefry4x32', 'philox2x32', ...) draws them from a
+    # key of that generator seeded by the step's key: the same Bernoulli masks in
+    # distribution, another (equally deterministic) stream, much cheaper on CPU, where JAX
+    # hashes threefry2x32 in a rolled loop (experiments/PROFILE.md).
+    train.dropout_prng = ""
     # XLA's persistent compilation cache ('' = off): a rerun of the same config loads the eval
     # step, and with matcher='device' the train step, instead of compiling it (see
     # trdetr_jax/compile_cache.py).

