@@ -158,10 +158,10 @@ def bench_config(args) -> None:
 
 
 def time_pipeline(config, mesh, batch_size: int, args) -> dict:
-    config, train_ds, _ = train.load_datasets(config)
-    n_steps = train.steps_per_epoch(train_ds, batch_size)
-    steps = train.cached_steps(config, mesh, n_steps, train.abstract_batch(train_ds, batch_size))
-    host = list(train.train_batches(train_ds, batch_size, seed=config.seed, epoch=0, start_step=0))
+    config, train_ds, _ = data_lib.load_datasets(config)
+    n_steps = data_lib.steps_per_epoch(len(train_ds), batch_size)
+    steps = train.cached_steps(config, mesh, n_steps, data_lib.abstract_batch(train_ds, batch_size))
+    host = [b for b, _ in data_lib.train_batches(train_ds, batch_size, seed=config.seed, epoch=0)]
     host = [host[i % len(host)] for i in range(args.steps)]
     batches = [mesh_lib.device_batch(b, steps.batch_sharding) for b in host]
     state = steps.init(jax.random.key(0))

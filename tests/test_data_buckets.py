@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from test_data_readers import qvh_config, write_qvh
 
-from trdetr_jax import data, inference, train
+from trdetr_jax import data, train
 from trdetr_jax.data import buckets, synthetic
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -143,7 +143,7 @@ def test_eval_batches_keep_the_official_groups_and_ignore_padding_rows(tmp_path)
     assert batches[2][0]["official_vid_len"][0] == 4 and batches[2][0]["src_vid"].shape[1] == 5
     # Two processes: process 1 holds rows 2, 3 (in the last batch: example 7 and a padding
     # row); both see the official lengths of the whole group.
-    p1 = list(inference.eval_batches(ev, 3, pad_to=4, process_index=1, process_count=2))
+    p1 = list(data.eval_batches(ev, 3, pad_to=4, process_index=1, process_count=2))
     assert [[m["qid"] for m in ms] for _, ms in p1] == groups  # metas of the global batch
     for (b, _), (full, _) in zip(p1, batches):
         np.testing.assert_array_equal(b["official_vid_len"], full["official_vid_len"][2:])
@@ -158,16 +158,16 @@ def test_abstract_batch_on_many_processes(tmp_path, monkeypatch):
     lengths = [4 + i % 7 for i in range(32)]
     train_ds, _ = _datasets(tmp_path, lengths=lengths, video_buckets=(6,))
     monkeypatch.setattr(jax, "process_count", lambda: 8)
-    shapes = train.abstract_batch(train_ds, 32)
+    shapes = data.abstract_batch(train_ds, 32)
     assert shapes["src_vid"].shape == (32, 10, 12) and shapes["src_txt"].shape == (32, 6, 5)
     assert shapes["official_vid_len"].shape == (32,) and shapes["example_mask"].shape == (32,)
 
     def first_batch(process_index, process_count):
-        batches = train.train_batches(
+        batches = data.train_batches(
             train_ds, 32, seed=3, epoch=0, start_step=0,
             process_index=process_index, process_count=process_count,
         )  # fmt: skip
-        return next(batches)
+        return next(batches)[0]
 
     full = first_batch(0, 1)
     parts = [first_batch(p, 8) for p in range(8)]

@@ -69,3 +69,14 @@ def test_the_objective_draws_its_dropout_masks_from_the_derived_key():
     config.train.dropout_prng = "philox2x32"
     loss_fn = objective.make_loss_fn(config)
     assert key_types(True) == {"fry", "phx2"}
+
+
+def test_an_unknown_dropout_prng_is_refused_before_the_run():
+    from trdetr_jax import config as config_lib
+    from trdetr_jax import errors, loop
+
+    tcfg = config_lib.get_base_config().train
+    tcfg.dropout_prng = "threefry8x32"
+    with pytest.raises(errors.RunError, match=r"config.train.dropout_prng: expected ''.*"
+                       r"threefry4x32.*found 'threefry8x32'"):  # fmt: skip
+        loop.check_train_config(tcfg)

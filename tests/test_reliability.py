@@ -22,7 +22,7 @@ import pytest
 from _tiny_run import ROOT, enable_compilation_cache, tiny_config
 from test_resume import records, saved  # one copy of the checkpoint / metrics readers
 
-from trdetr_jax import checkpointing, errors, evaluate, rundir, train
+from trdetr_jax import checkpointing, data, errors, evaluate, rundir, train
 
 
 class Interrupt(Exception):
@@ -47,7 +47,7 @@ def cache_dir(tmp_path_factory):
 def partial(cache_dir):
     """A 3-epoch run (12 steps) stopped while loading batch 11: checkpoints best + 9."""
     workdir = cache_dir / "partial"
-    batches, count = train.train_batches, [0]
+    batches, count = data.train_batches, [0]
 
     def interrupted(*args, **kwargs):
         for batch in batches(*args, **kwargs):
@@ -56,12 +56,12 @@ def partial(cache_dir):
                 raise Interrupt
             yield batch
 
-    train.train_batches = interrupted
+    data.train_batches = interrupted
     try:
         with pytest.raises(Interrupt):
             train.train_and_evaluate(config_of(cache_dir), str(workdir))
     finally:
-        train.train_batches = batches
+        data.train_batches = batches
     steps = checkpointing.RunCheckpoints(workdir / "checkpoints", read_only=True).candidate_steps()
     assert steps[0] == 9 and len(steps) == 2, steps
     return workdir

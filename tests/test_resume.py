@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 from _tiny_run import ROOT, enable_compilation_cache, tiny_config
 
-from trdetr_jax import checkpointing, errors, train
+from trdetr_jax import checkpointing, data, errors, train
 
 
 class Interrupt(Exception):
@@ -74,7 +74,7 @@ def interrupt_at(monkeypatch, call: int):
     Batches are loaded on the prefetch thread ahead of the step, but the error is queued
     behind the batches already loaded, so steps ``1 .. call - 1`` run and step ``call`` fails.
     """
-    batches, count = train.train_batches, [0]
+    batches, count = data.train_batches, [0]
 
     def interrupted(*args, **kwargs):
         for batch in batches(*args, **kwargs):
@@ -83,7 +83,7 @@ def interrupt_at(monkeypatch, call: int):
                 raise Interrupt(f"interrupted at batch {call}")
             yield batch
 
-    monkeypatch.setattr(train, "train_batches", interrupted)
+    monkeypatch.setattr(data, "train_batches", interrupted)
 
 
 def assert_same_run(a, b):
@@ -174,17 +174,17 @@ def test_partial_checkpoint_is_never_picked_up(uninterrupted, cache_dir, tmp_pat
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(cache_dir, tmp_path, monkeypatch):
     workdir = tmp_path / "run"
-    batches = train.train_batches
+    batches = data.train_batches
 
     def poisoned(ds, batch_size, *, seed, epoch, start_step, resident=None):
-        for i, batch in enumerate(
+        for i, (batch, metas) in enumerate(
             batches(ds, batch_size, seed=seed, epoch=epoch, start_step=start_step)
         ):
             if epoch == 1 and start_step + i == 1:  # global step 6
                 batch = dict(batch, src_vid=np.full_like(batch["src_vid"], np.nan))
-            yield batch
+            yield batch, metas
 
-    monkeypatch.setattr(train, "train_batches", poisoned)
+    monkeypatch.setattr(data, "train_batches", poisoned)
     with pytest.raises(errors.NonFiniteLossError, match=r"loss became nan at step 6.*checkpoint"):
         train.train_and_evaluate(run_config(cache_dir), str(workdir))
     params, loop = saved(workdir)

@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 import pytest
 from _tiny_run import enable_compilation_cache, tiny_config
 
-from trdetr_jax import checkpointing, evaluate, runlog, seeds, train
+from trdetr_jax import checkpointing, data, evaluate, runlog, seeds, train
 
 SEEDS = (2017, 2018, 2019)
 
@@ -288,11 +288,11 @@ NOISE_ONLY = ("k_proj", "kcontent_proj", "kpos_proj", "saliency_proj", "layer_0/
 def test_each_seed_ends_as_its_single_run(runs, cache_dir, n_dev):
     multi, summary, singles = runs(n_dev)
     # The seeds' batches do fall in different buckets (the 'exact' calls are exercised).
-    config, train_ds, _ = train.load_datasets(run_config(cache_dir))
+    config, train_ds, _ = data.load_datasets(run_config(cache_dir))
     lengths = [
         [
             seeds.batch_lengths(b)
-            for b in train.train_batches(train_ds, 4, seed=s, epoch=0, start_step=0)
+            for b, _ in data.train_batches(train_ds, 4, seed=s, epoch=0, start_step=0)
         ]
         for s in SEEDS
     ]
@@ -397,7 +397,7 @@ def test_evaluate_prints_mean_and_std_over_seed_files(runs, capsys):
 
 def interrupt_at(monkeypatch, call: int):
     """The next run raises when seed 2017's ``call``-th training batch is loaded."""
-    batches, count = train.train_batches, [0]
+    batches, count = data.train_batches, [0]
 
     class Interrupt(Exception):
         pass
@@ -410,7 +410,7 @@ def interrupt_at(monkeypatch, call: int):
                     raise Interrupt(f"interrupted at batch {call}")
             yield batch
 
-    monkeypatch.setattr(train, "train_batches", interrupted)
+    monkeypatch.setattr(data, "train_batches", interrupted)
     return Interrupt
 
 
@@ -448,17 +448,17 @@ def test_interrupted_seeds_resume_bit_identically(runs, cache_dir, tmp_path, mon
 @pytest.mark.slow
 def test_a_non_finite_seed_stops_and_the_others_go_on(runs, cache_dir, tmp_path, monkeypatch):
     multi, summary, _ = runs(4)
-    batches = train.train_batches
+    batches = data.train_batches
 
     def poisoned(ds, batch_size, *, seed, epoch, start_step):
-        for i, batch in enumerate(
+        for i, (batch, metas) in enumerate(
             batches(ds, batch_size, seed=seed, epoch=epoch, start_step=start_step)
         ):
             if seed == 2018 and epoch == 1 and start_step + i == 1:  # step 6
                 batch = dict(batch, src_vid=np.full_like(batch["src_vid"], np.nan))
-            yield batch
+            yield batch, metas
 
-    monkeypatch.setattr(train, "train_batches", poisoned)
+    monkeypatch.setattr(data, "train_batches", poisoned)
     workdir = tmp_path / "run"
     result = train.train_and_evaluate(run_config(cache_dir, num_seeds=3), str(workdir))
     assert result["non_finite"] == [2018] and result["finished"] == [2017, 2019]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from _tiny_run import enable_compilation_cache, tiny_config
 
-from trdetr_jax import inference, runlog, train
+from trdetr_jax import data, inference, runlog, train
 from trdetr_jax import mesh as mesh_lib
 from trdetr_jax.model import TRDETR, model_kwargs_from_config
 
@@ -28,13 +28,13 @@ def build(config, devices, *, count_traces: bool = True) -> Setup:
     (``train.cached_steps``), which the training runs of test_resume.py then reuse."""
     # One padded shape (the maxima): these tests count compilations and compare losses.
     config.data.length_buckets = False
-    config, train_ds, _ = train.load_datasets(config)
+    config, train_ds, _ = data.load_datasets(config)
     mesh = mesh_lib.make_mesh(devices)
     bs = config.train.batch_size
-    n_steps = train.steps_per_epoch(train_ds, bs)
-    batches = list(train.train_batches(train_ds, bs, seed=config.seed, epoch=0, start_step=0))
+    n_steps = data.steps_per_epoch(len(train_ds), bs)
+    batches = [b for b, _ in data.train_batches(train_ds, bs, seed=config.seed, epoch=0)]
     if not count_traces:
-        steps = train.cached_steps(config, mesh, n_steps, train.abstract_batch(train_ds, bs))
+        steps = train.cached_steps(config, mesh, n_steps, data.abstract_batch(train_ds, bs))
         return Setup(config, steps, batches, [])
     traces = []
     loss_fn = train.make_loss_fn(config, mesh)
@@ -49,7 +49,7 @@ def build(config, devices, *, count_traces: bool = True) -> Setup:
         train.make_optimizer(config, n_steps),
         counting_loss_fn,
         train.lr_schedule(config, n_steps),
-        train.abstract_batch(train_ds, bs),
+        data.abstract_batch(train_ds, bs),
     )
     return Setup(config, steps, batches, traces)
 
@@ -153,7 +153,7 @@ def test_eval_batch_size_rounds_up_and_predicts_every_query(cache_dir, tmp_path,
     monkeypatch.setattr(inference, "evaluate_split", spy)
     train.train_and_evaluate(config, str(tmp_path / "run"))
     assert sizes == [8]
-    _, _, eval_ds = train.load_datasets(config)
+    _, _, eval_ds = data.load_datasets(config)
     lines = (tmp_path / "run" / "best_val_preds.jsonl").read_text().splitlines()
     rows = [json.loads(x) for x in lines]
     assert [r["qid"] for r in rows] == [r["qid"] for r in eval_ds.rows]  # 6 queries, 1 batch
@@ -251,7 +251,7 @@ def test_chunks_hold_one_bucket_and_end_at_size_checkpoints_and_epoch_end():
 
     lengths = [8, 8, 8, 8, 12, 12, 8, 8, 8, 8]  # global steps 6..15 (first_step 5)
     batches = [batch(lv, 6 + i) for i, lv in enumerate(lengths)]
-    got = list(train.chunks(iter(batches), first_step=5, size=3, cut_every=4))
+    got = list(data.chunk_batches(iter(batches), first_step=5, size=3, cut_every=4))
     # Cuts after steps 6 (6 % 3), 8 (8 % 4), 9 (9 % 3; a bucket change follows), 11 (a bucket
     # change follows), 12 (12 % 3, 12 % 4), 15 (15 % 3, the epoch's end).
     steps = [c["example_mask"][:, 0].tolist() for c in got]

@@ -17,6 +17,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from trdetr_jax import data as data_lib
 from trdetr_jax import mesh as mesh_lib
 from trdetr_jax import precision
 from trdetr_jax.data import resident
@@ -52,41 +53,6 @@ def jit_eval_step(
         out_shardings=data,
     )
     return resident.WithTables(precision.with_matmul_precision(step, matmul_precision))
-
-
-def eval_batches(
-    eval_ds,
-    batch_size: int,
-    *,
-    pad_to: int | None = None,
-    process_index: int | None = None,
-    process_count: int | None = None,
-    resident=None,
-):
-    """``(local batch, metas of the real examples of the global batch)`` in file order.
-
-    ``batch_size`` examples a batch (``config.train.eval_batch_size``, the official
-    ``eval_bsz``), each batch ``pad_to`` rows (a multiple of the device count).
-    ``resident``: the split's :class:`~trdetr_jax.data.resident.ResidentFeatures` (batches
-    then carry table rows instead of features).
-    """
-    from trdetr_jax import data as data_lib
-
-    process_count = jax.process_count() if process_count is None else process_count
-    n = len(eval_ds)
-    for b, (batch, metas) in enumerate(
-        data_lib.eval_batches(
-            eval_ds,
-            batch_size,
-            pad_to=pad_to,
-            process_index=jax.process_index() if process_index is None else process_index,
-            process_count=process_count,
-            resident=resident,
-        )
-    ):
-        if process_count > 1:  # each process sees its rows only; outputs are gathered
-            metas = eval_ds.metas[b * batch_size : min((b + 1) * batch_size, n)]
-        yield batch, metas
 
 
 def eval_dataset_name(config: ml_collections.ConfigDict) -> str:
@@ -136,7 +102,7 @@ def predict_split(
     rows: list[dict[str, Any]] = []
     examples = min(config.train.eval_batch_size, batch_size)  # batch_size: rows, rounded up
     for batch, metas in mesh_lib.prefetch_to_devices(
-        eval_batches(eval_ds, examples, pad_to=batch_size, resident=resident),
+        data_lib.eval_batches(eval_ds, examples, pad_to=batch_size, resident=resident),
         data_sharding,
         config.data.prefetch_depth,
     ):

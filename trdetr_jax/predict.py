@@ -159,7 +159,7 @@ def predict_rows(
         train.make_optimizer(config, steps_per_epoch=1),
         loss_fn=None,
         schedule=None,
-        batch_shapes=train.abstract_batch(eval_ds, batch_size),
+        batch_shapes=data_lib.abstract_batch(eval_ds, batch_size),
         matmul_precision=precision.of_config(config),
     )
     params, _ = restore_params(checkpoint_dir, steps.abstract_state)

@@ -51,7 +51,9 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from trdetr_jax import inference, rundir
+from trdetr_jax import data as data_lib
+from trdetr_jax import inference
+from trdetr_jax import loop as loop_lib
 from trdetr_jax import mesh as mesh_lib
 from trdetr_jax.errors import RunError
 
@@ -360,7 +362,7 @@ def predict_split_seeds(
     examples = min(config.train.eval_batch_size, batch_size)
     per_seed = [unstack(params, k) for k in range(num_seeds)]
     for batch, metas in mesh_lib.prefetch_to_devices(
-        inference.eval_batches(eval_ds, examples, pad_to=batch_size),
+        data_lib.eval_batches(eval_ds, examples, pad_to=batch_size),
         data_sharding,
         config.data.prefetch_depth,
     ):
@@ -410,26 +412,6 @@ def cached_seeds_steps(config: ml_collections.ConfigDict, single, n_steps_epoch:
     return entry[1]
 
 
-def log_new_shapes(fn, info):
-    """The K-seed train step, reporting once per padded (video, text) length that jit
-    compiles it for that length (batch ``[K, B, L, ...]``)."""
-    seen: set[tuple[int, int]] = set()
-
-    @functools.wraps(fn)
-    def wrapped(state, batch, *args):
-        shape = (batch["src_vid"].shape[2], batch["src_txt"].shape[2])
-        if shape not in seen:
-            seen.add(shape)
-            info(
-                "train step of the seeds for video length %d, text length %d (compiled once "
-                "per bucket)",
-                *shape,
-            )
-        return fn(state, batch, *args)
-
-    return wrapped
-
-
 def _status(loop, failed: str | None, num_epochs: int) -> str:
     if failed is not None:
         return "non-finite"
@@ -455,40 +437,23 @@ def train_and_evaluate_seeds(
 
     from absl import logging
 
-    from trdetr_jax import checkpointing, compile_cache, evaluation, files, runlog, train
-    from trdetr_jax import data as data_lib
+    from trdetr_jax import checkpointing, evaluation, files, runlog, train
 
-    t_start = time.time()
-    mesh_lib.maybe_initialize_distributed(config)
-    tcfg = config.train
-    train.check_train_config(tcfg)
-    compile_cache.enable(tcfg.get("compilation_cache_dir"))
+    clock = loop_lib.Clock()
     try:
         seeds = seeds_of_config(config)
     except SeedsError as e:
         raise RunError(str(e)) from None
     num = len(seeds)
-    mode = tcfg.seed_padding
-    workdir_path = pathlib.Path(workdir).resolve()
-    rundir.check_workdir(workdir_path)
-
-    # ---- data, model, mesh. Nothing is written to the workdir until the run goes ahead.
-    mesh = mesh_lib.make_mesh(devices)
-    mesh_lib.check_batch_size(tcfg.batch_size, mesh, "config.train.batch_size")
-    n_dev = mesh.devices.size
-    eval_batch_size = -(-tcfg.eval_batch_size // n_dev) * n_dev
-    config, train_ds, eval_ds = train.load_datasets(config)
-    new_cfg = rundir.config_to_dict(config)
-    config_path = workdir_path / checkpointing.CONFIG_FILE
-    ckpt_dir = workdir_path / checkpointing.CHECKPOINT_SUBDIR
-    old_cfg = rundir.saved_config(config_path) if rundir.has_checkpoints(ckpt_dir) else None
-    if old_cfg is not None:
-        check_same_seeds(old_cfg, seeds, workdir_path)
-        rundir.check_resumable(old_cfg, new_cfg, workdir_path)
-    n_steps_epoch = train.steps_per_epoch(train_ds, tcfg.batch_size)
-    total_steps = n_steps_epoch * tcfg.num_epochs
+    mode = config.train.seed_padding
+    setup = loop_lib.prepare(
+        config, workdir, devices, check_saved=lambda old, wd: check_same_seeds(old, seeds, wd)
+    )
+    config, tcfg, workdir_path, mesh = setup.config, setup.config.train, setup.workdir, setup.mesh
+    train_ds, eval_ds, n_steps_epoch = setup.train_ds, setup.eval_ds, setup.n_steps_epoch
+    total_steps, new_cfg = setup.total_steps, setup.new_cfg
     single = train.cached_steps(
-        config, mesh, n_steps_epoch, train.abstract_batch(train_ds, tcfg.batch_size)
+        config, mesh, n_steps_epoch, data_lib.abstract_batch(train_ds, tcfg.batch_size)
     )
     mesh_lib.check_process_rows(single.batch_sharding, tcfg.batch_size)
     train_fn = cached_seeds_steps(config, single, n_steps_epoch)
@@ -503,38 +468,25 @@ def train_and_evaluate_seeds(
     )
 
     # ---- checkpoints: resume from the newest one that can be read, if there is one.
-    ckpt = checkpointing.RunCheckpoints(ckpt_dir, loop_type=checkpointing.SeedsLoopState)
-    damaged: list[str] = []
-    restored = None
-    candidates = ckpt.candidate_steps()
-    if candidates:
-        restored = rundir.resume_point(ckpt, abstract, candidates, workdir_path, damaged)
-        if list(restored[2].seeds) != list(seeds):
-            raise RunError(
-                f"{workdir_path} holds a run of seeds {restored[2].seeds}, but the config asks "
-                f"for {list(seeds)}; resuming would not reproduce it. Use another --workdir."
-            )
+    ckpt = checkpointing.RunCheckpoints(setup.ckpt_dir, loop_type=checkpointing.SeedsLoopState)
+    restored, notes = loop_lib.restore(ckpt, abstract, workdir_path)
+    if restored is not None and list(restored[2].seeds) != list(seeds):
+        raise RunError(
+            f"{workdir_path} holds a run of seeds {restored[2].seeds}, but the config asks "
+            f"for {list(seeds)}; resuming would not reproduce it. Use another --workdir."
+        )
 
     # ---- the run goes ahead: record its configuration (the run's and each seed's).
     seed_dirs = [workdir_path / seed_dirname(s) for s in seeds]
-    workdir_path.mkdir(parents=True, exist_ok=True)
     for s, d in zip(seeds, seed_dirs):
-        d.mkdir(exist_ok=True)
+        d.mkdir(parents=True, exist_ok=True)
         if jax.process_index() == 0:
             files.write_json_atomic(d / checkpointing.CONFIG_FILE, single_seed_config(new_cfg, s))
-    if jax.process_index() == 0:
-        files.write_json_atomic(config_path, new_cfg)
-    log = runlog.RunLog(
-        workdir_path,
-        None if restored is None else restored[0],
-        seed_dirs=dict(zip(seeds, seed_dirs)),
-    )
-    for line in damaged:
-        log.info("%s", line, console=False)
+    log = loop_lib.open_run(setup, restored, notes, seed_dirs=dict(zip(seeds, seed_dirs)))
     seed_ckpts = [
         checkpointing.RunCheckpoints(d / checkpointing.CHECKPOINT_SUBDIR) for d in seed_dirs
     ]
-    train_fn = log_new_shapes(train_fn, log.info)
+    train_fn = loop_lib.log_new_shapes(train_fn, "train step of the seeds", log.info)
     if restored is None:
         init = jax.jit(lambda *xs: stack(xs), out_shardings=replicated)
         state = init(*[single.init(k[0]) for k in keys])
@@ -549,7 +501,7 @@ def train_and_evaluate_seeds(
             num,
             workdir_path,
             list(seeds),
-            n_dev,
+            mesh.devices.size,
             jax.devices()[0].platform,
             len(train_ds),
             len(eval_ds),
@@ -561,16 +513,7 @@ def train_and_evaluate_seeds(
         _, state, loop = restored
         for c in seed_ckpts:  # the steps after the resume point are trained again
             c.delete_after(loop.step)
-        log.info(
-            "resuming %s from step %d (epoch %d, batch %d of %d)",
-            workdir_path,
-            loop.step,
-            loop.epoch + 1,
-            loop.batch_in_epoch,
-            n_steps_epoch,
-        )
-        for change in rundir.config_diff(old_cfg, new_cfg) if old_cfg is not None else []:
-            log.info("config changed since the checkpoint: %s", change)
+        loop_lib.log_resume(log, setup, loop)
     if tcfg.get("steps_per_dispatch", 1) != 1 or config.data.get("features_on_device") == "yes":
         # Not built for K seeds yet: every step is its own dispatch (per bucket pair), with
         # features sent from the host; the results are the same either way.
@@ -578,7 +521,7 @@ def train_and_evaluate_seeds(
             "a run of several seeds sends features from the host and dispatches every step "
             "(config.data.features_on_device / config.train.steps_per_dispatch are not used)"
         )
-    wall_before = loop.wall_time_s
+    clock.before = loop.wall_time_s
     running_host = [
         f is None and not lp.stopped_early and lp.epoch < tcfg.num_epochs
         for lp, f in zip(loop.loops, loop.failed)
@@ -586,7 +529,7 @@ def train_and_evaluate_seeds(
     running = jax.device_put(np.asarray(running_host), replicated)
 
     def save() -> None:
-        loop.wall_time_s = wall_before + time.time() - t_start
+        loop.wall_time_s = clock.total()
         ckpt.save(state, loop)
 
     def save_seed(k: int, score: float | None) -> None:
@@ -594,54 +537,35 @@ def train_and_evaluate_seeds(
         lp = loop.loops[k]
         if lp.step in seed_ckpts[k].manager.all_steps():
             return
-        lp.wall_time_s = wall_before + time.time() - t_start
+        lp.wall_time_s = clock.total()
         seed_ckpts[k].save(unstack(state, k), lp, score=score)
 
     n_params = sum(x.size for x in jax.tree.leaves(state.params)) // num
     log.info("model: %.2fM parameters per seed, %d seeds", n_params / 1e6, num)
-    split = config.data.eval_split_name
-    preds_paths = [d / f"best_{split}_preds.jsonl" for d in seed_dirs]
-    metrics_paths = [d / f"best_{split}_preds_metrics.json" for d in seed_dirs]
+    best = [loop_lib.best_paths(d, config.data.eval_split_name) for d in seed_dirs]
 
     def run_eval(epoch: int) -> None:
         t0 = time.time()
         rows = predict_split_seeds(
-            single.eval, single.batch_sharding, state.params, eval_ds, config, eval_batch_size, num
+            single.eval,
+            single.batch_sharding,
+            state.params,
+            eval_ds,
+            config,
+            setup.eval_batch_size,
+            num,
         )
         for k, s in enumerate(seeds):
             if not running_host[k]:
                 continue
-            lp = loop.loops[k]
             results = evaluation.evaluate_submission(
                 rows[k], eval_ds.gt_rows(), dataset=inference.eval_dataset_name(config)
             )
-            score = inference.brief_metric(results, tcfg.best_metric)
-            brief = {n: None if v is None else float(v) for n, v in results["brief"].items()}
-            improved = lp.best_score is None or score > lp.best_score
-            log.record({"type": "eval", "seed": s, "step": lp.step, "epoch": epoch + 1, **brief})
-            log.info(
-                "eval seed %d epoch %d step %d: %s=%.2f%s | %s",
-                s,
-                epoch + 1,
-                lp.step,
-                tcfg.best_metric,
-                score,
-                " (new best)" if improved else "",
-                " ".join(f"{n}={runlog.fmt_num(v)}" for n, v in brief.items()),
+            lp = loop.loops[k]
+            score = loop_lib.record_eval(
+                log, lp, results, rows[k], epoch=epoch, tcfg=tcfg, paths=best[k], seed=s
             )
-            if improved:
-                lp.best_score, lp.best_step, lp.best_epoch = score, lp.step, epoch + 1
-                lp.best_brief = brief
-                lp.es_cnt = 0
-                if jax.process_index() == 0:
-                    files.write_jsonl_atomic(preds_paths[k], rows[k])
-                    files.write_json_atomic(metrics_paths[k], results)
-            else:
-                lp.es_cnt += 1
-            if 0 <= tcfg.max_es_cnt < lp.es_cnt:
-                log.info("seed %d: early stop, no improvement in %d evaluations", s, lp.es_cnt)
-                lp.stopped_early = True
-                running_host[k] = False
+            running_host[k] = not lp.stopped_early
             save_seed(k, score)
         log.info("evaluation of %d seeds: %.1fs", num, time.time() - t0)
 
@@ -681,26 +605,12 @@ def train_and_evaluate_seeds(
                 log.info("seed %d: %s", s, loop.failed[k], console=False)
                 log.record({"type": "stopped", "seed": s, "step": step, "reason": loop.failed[k]})
                 continue
-            for n, v in metrics.items():
-                lp.log_sums[n] = lp.log_sums.get(n, 0.0) + v
-            lp.log_count += 1
+            loop_lib.add_train_metrics(lp, metrics)
             lp.step, lp.epoch, lp.batch_in_epoch = step, epoch, batch_in_epoch
             if step % tcfg.log_every_steps == 0 or step == total_steps:
-                now = time.perf_counter()
-                summary = {n: v / lp.log_count for n, v in lp.log_sums.items()}
-                summary["steps_per_sec"] = lp.log_count / max(now - t_log, 1e-9)
-                lp.log_sums, lp.log_count = {}, 0
+                seconds = time.perf_counter() - t_log
+                loop_lib.log_train(log, lp, step=step, epoch=epoch, seconds=seconds, seed=s)
                 logged = True
-                log.record(
-                    {"type": "train", "seed": s, "step": step, "epoch": epoch + 1, **summary}
-                )
-                log.info(
-                    "seed %d step %d epoch %d: %s",
-                    s,
-                    step,
-                    epoch + 1,
-                    " ".join(f"{n}={v:.4g}" for n, v in summary.items()),
-                )
         if logged:
             t_log = time.perf_counter()
         first = next((k for k in range(num) if running_host[k]), None)
@@ -718,7 +628,12 @@ def train_and_evaluate_seeds(
 
     def step_batches(epoch: int, start: int):
         iters = [
-            train.train_batches(train_ds, tcfg.batch_size, seed=s, epoch=epoch, start_step=start)
+            (
+                b
+                for b, _ in data_lib.train_batches(
+                    train_ds, tcfg.batch_size, seed=s, epoch=epoch, start_step=start
+                )
+            )
             for s in seeds
         ]
         for _ in range(start, n_steps_epoch):
@@ -770,31 +685,21 @@ def train_and_evaluate_seeds(
     for c in seed_ckpts:
         c.close()
 
-    wall = wall_before + time.time() - t_start
+    wall = clock.total()
     per_seed = []
     for k, s in enumerate(seeds):
         lp = loop.loops[k]
-        row = {
-            "seed": s,
-            "status": _status(lp, loop.failed[k], tcfg.num_epochs),
-            "reason": loop.failed[k],
-            "workdir": str(seed_dirs[k]),
-            "steps": lp.step,
-            "epochs": lp.epoch,
-            "best_metric": tcfg.best_metric,
-            "best_score": lp.best_score,
-            "best_epoch": lp.best_epoch,
-            "best_step": lp.best_step,
-            "best_brief": lp.best_brief,
-            "best_predictions": str(preds_paths[k]),
-            "wall_time_s": wall,
-        }
-        per_seed.append(row)
+        of_seed = loop_lib.run_summary(
+            lp,
+            workdir=seed_dirs[k],
+            best_metric=tcfg.best_metric,
+            best_predictions=best[k][0],
+            wall_time_s=wall,
+        )
+        status = _status(lp, loop.failed[k], tcfg.num_epochs)
+        per_seed.append({"seed": s, "status": status, "reason": loop.failed[k], **of_seed})
         if jax.process_index() == 0:
-            files.write_json_atomic(
-                seed_dirs[k] / "summary.json",
-                {n: v for n, v in row.items() if n not in ("seed", "status", "reason")},
-            )
+            files.write_json_atomic(seed_dirs[k] / "summary.json", of_seed)
     summary = {
         "workdir": str(workdir_path),
         "seeds": list(seeds),
@@ -808,9 +713,5 @@ def train_and_evaluate_seeds(
         "non_finite": [r["seed"] for r in per_seed if r["status"] == "non-finite"],
         "wall_time_s": wall,
     }
-    if jax.process_index() == 0:
-        files.write_json_atomic(workdir_path / "summary.json", summary)
-        table = runlog.seeds_summary_table(summary)
-        log.info("summary:\n%s", table, console=False)
-        print(table, flush=True)
+    loop_lib.write_summary(log, workdir_path, summary, runlog.seeds_summary_table(summary))
     return summary

@@ -7,8 +7,12 @@ Layout follows the flax examples (lm1b / imagenet): :func:`create_train_state`,
   back to the host;
 - :mod:`trdetr_jax.inference`: the eval step and predicting / scoring a split (shared with
   ``evaluate``, ``predict`` and the Predictor);
+- :mod:`trdetr_jax.loop`: the loop's bookkeeping, shared with the run of several seeds
+  (:mod:`trdetr_jax.seeds`): the checks before a run, resuming, metric means, the best
+  evaluation and early stopping, the summary;
 - :mod:`trdetr_jax.rundir`: what a workdir allows (writable, resumable, which checkpoint);
-- :mod:`trdetr_jax.data`: the data pipeline (datasets, seeded batches).
+- :mod:`trdetr_jax.data`: the data pipeline (datasets, seeded batches, chunks of steps,
+  features resident on the device).
 
 Parallelism: parameters and optimiser state are replicated, batches are sharded on their
 leading axis, so the *global* batch ``config.train.batch_size`` is split across devices and
@@ -24,9 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import pathlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -38,21 +41,14 @@ from flax import struct
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from trdetr_jax import checkpointing, compile_cache, files, inference, precision, runlog
+from trdetr_jax import checkpointing, inference, precision, runlog
+from trdetr_jax import data as data_lib
+from trdetr_jax import loop as loop_lib
 from trdetr_jax import mesh as mesh_lib
 from trdetr_jax import seeds as seeds_lib
 from trdetr_jax.data import resident
-from trdetr_jax.errors import NonFiniteLossError, RunError
+from trdetr_jax.errors import RunError
 from trdetr_jax.model import model_inputs
-from trdetr_jax.rundir import (
-    check_resumable,
-    check_workdir,
-    config_diff,
-    config_to_dict,
-    has_checkpoints,
-    resume_point,
-    saved_config,
-)
 
 Batch = dict[str, np.ndarray]
 
@@ -169,50 +165,6 @@ def train_chunk(
     return jax.lax.scan(body, state, batches)
 
 
-def chunks(batches: Iterable[dict], *, first_step: int, size: int, cut_every: int):
-    """Consecutive batches stacked into chunks of at most ``size`` steps.
-
-    A chunk holds batches of one length bucket only (a batch padded further would draw other
-    dropout masks: JAX draws one per position of the padded array), and it ends where the
-    global step after it is a multiple of ``size`` or of ``cut_every`` (the checkpoint
-    interval), or where the epoch ends. So the chunks depend on the data order and step
-    positions only: a run resumed at a checkpoint makes the chunks the uninterrupted run made.
-    """
-    from trdetr_jax import data as data_lib
-
-    def shape(batch):
-        return batch["src_vid_mask"].shape, batch["src_txt_mask"].shape
-
-    chunk, step = [], first_step
-    for batch in batches:
-        if chunk and shape(batch) != shape(chunk[0]):
-            yield data_lib.stack_batches(chunk)
-            chunk = []
-        chunk.append(batch)
-        step += 1
-        if step % size == 0 or step % cut_every == 0:
-            yield data_lib.stack_batches(chunk)
-            chunk = []
-    if chunk:
-        yield data_lib.stack_batches(chunk)
-
-
-def check_train_config(tcfg: ml_collections.ConfigDict) -> None:
-    """Loop settings that must be positive integers, named as on the command line."""
-    for name in (
-        "num_epochs",
-        "batch_size",
-        "eval_batch_size",
-        "eval_every_epochs",
-        "log_every_steps",
-        "checkpoint_every_steps",
-        "steps_per_dispatch",
-    ):
-        value = tcfg[name]
-        if not isinstance(value, int) or value < 1:
-            raise RunError(f"config.train.{name} must be a positive integer, got {value!r}")
-
-
 @dataclasses.dataclass
 class Steps:
     """The jitted step functions of a run and the shardings they use."""
@@ -230,6 +182,20 @@ class Steps:
     chunk_sharding: NamedSharding | None = None  # chunks: rows split over the data axis
     # train / train_chunk / eval are resident.WithTables: .bind(tables) for batches of
     # table rows (features resident on the device).
+
+    def for_run(self, train_res, eval_res, info) -> Steps:
+        """The steps a run calls: bound to its splits' resident feature tables (when the
+        features are on the device), each reporting the shapes it compiles for."""
+        train, chunk, evaluate = self.train, self.train_chunk, self.eval
+        if train_res is not None:
+            train, chunk = train.bind(train_res.tables), chunk.bind(train_res.tables)
+            evaluate = evaluate.bind(eval_res.tables)
+        return dataclasses.replace(
+            self,
+            train=loop_lib.log_new_shapes(train, "train step", info),
+            train_chunk=loop_lib.log_new_shapes(chunk, "train chunk", info, leading="steps"),
+            eval=loop_lib.log_new_shapes(evaluate, "eval step", info),
+        )
 
 
 def build_steps(
@@ -323,6 +289,7 @@ def cached_steps(
         n_steps_epoch,
         tuple(sorted((k, v.shape, str(v.dtype)) for k, v in batch_shapes.items())),
         precision.of_config(config),
+        config.train.get("dropout_prng", ""),
     )
     if key not in _STEPS_CACHE:
         while len(_STEPS_CACHE) >= _STEPS_CACHE_SIZE:
@@ -337,138 +304,6 @@ def cached_steps(
             precision.of_config(config),
         )
     return _STEPS_CACHE[key]
-
-
-# --------------------------------------------------------------------- host helpers
-
-
-def check_finite(metrics: dict[str, Any], step: int) -> None:
-    loss = float(metrics["loss"])
-    if not np.isfinite(loss):
-        parts = ", ".join(f"{k}={float(v):.4g}" for k, v in sorted(metrics.items()))
-        raise NonFiniteLossError(
-            f"training loss became {loss} at step {step} ({parts}). Stopped before saving: the "
-            "last checkpoint is intact and a rerun resumes from it, but with the same data and "
-            "settings it will fail the same way. Common causes: a learning rate too high "
-            "(--config.optim.lr), NaN/Inf in the input features, an empty mask."
-        )
-
-
-# ----------------------------------------------------------------------------- data
-# The one boundary to the data pipeline (trdetr_jax.data): datasets, seeded batches.
-
-
-def load_datasets(config: ml_collections.ConfigDict):
-    """``(resolved config, train dataset, eval dataset)``.
-
-    The resolved config has the dataset's paths filled in (the demo generates its data on
-    first use); it is the one written to ``config.json``.
-    """
-    from trdetr_jax import data as data_lib
-
-    config = data_lib.resolve_config(config)
-    train_ds, eval_ds = data_lib.build_datasets(config)
-    return config, train_ds, eval_ds
-
-
-def steps_per_epoch(train_ds, batch_size: int) -> int:
-    from trdetr_jax import data as data_lib
-
-    return data_lib.steps_per_epoch(len(train_ds), batch_size)
-
-
-def train_batches(
-    train_ds,
-    batch_size: int,
-    *,
-    seed: int,
-    epoch: int,
-    start_step: int,
-    process_index: int | None = None,
-    process_count: int | None = None,
-    resident=None,
-):
-    """This process's rows of each global training batch of ``epoch``, from ``start_step``
-    (``resident``: the split's features on the device; batches carry table rows)."""
-    from trdetr_jax import data as data_lib
-
-    for batch, _ in data_lib.train_batches(
-        train_ds,
-        batch_size,
-        seed=seed,
-        epoch=epoch,
-        start_step=start_step,
-        process_index=jax.process_index() if process_index is None else process_index,
-        process_count=jax.process_count() if process_count is None else process_count,
-        resident=resident,
-    ):
-        yield batch
-
-
-def abstract_batch(ds, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-    """Global shapes / dtypes of a ``batch_size``-row batch at the largest length buckets
-    (parameter shapes do not depend on the lengths; the steps compile per bucket)."""
-    from trdetr_jax import data as data_lib
-
-    return {
-        k: jax.ShapeDtypeStruct(shape, dtype)
-        for k, (shape, dtype) in data_lib.batch_shapes(ds, batch_size).items()
-    }
-
-
-def log_new_shapes(fn, what: str, info):
-    """``fn(x, batch, ...)`` that reports, once per padded (video, text) length (and chunk
-    length), that jit compiles ``what`` for it (an earlier run in this process may have
-    compiled it)."""
-    seen: set[tuple[int, ...]] = set()
-
-    @functools.wraps(fn)
-    def wrapped(first, batch, *args):
-        mask_v, mask_t = batch["src_vid_mask"], batch["src_txt_mask"]
-        shape = (*mask_v.shape[:-2], mask_v.shape[-1], mask_t.shape[-1])
-        if shape not in seen:
-            seen.add(shape)
-            chunk = f" of {shape[0]} steps" if len(shape) == 3 else ""
-            info(
-                "%s%s for video length %d, text length %d (compiled once per bucket)",
-                what,
-                chunk,
-                *shape[-2:],
-            )
-        return fn(first, batch, *args)
-
-    return wrapped
-
-
-def resident_features(config, train_ds, eval_ds, steps: Steps, info):
-    """``(train, eval)`` :class:`~trdetr_jax.data.resident.ResidentFeatures` when
-    ``config.data.features_on_device`` asks for them (and they fit), else ``(None, None)``."""
-    setting = config.data.get("features_on_device", "auto")
-    on, why = resident.wanted(setting, train_ds, list(steps.mesh.devices.flat))
-    if on:
-        eval_on, eval_why = resident.wanted(setting, eval_ds, list(steps.mesh.devices.flat))
-        on, why = on and eval_on, why if eval_on else eval_why
-    info("features on the device: %s (%s)", "yes" if on else "no", why)
-    if not on:
-        return None, None
-    tables = resident.build(train_ds, steps.replicated), resident.build(eval_ds, steps.replicated)
-    train_ds.store.disable_cache()  # the host copies are no longer read
-    return tables
-
-
-def log_buckets(log, train_ds, batch_size: int, seed: int) -> None:
-    """The run's length buckets and how the first epoch's batches fall into them."""
-    from trdetr_jax import data as data_lib
-
-    counts = data_lib.bucket_counts(train_ds, batch_size, epoch=0, seed=seed)
-    log.info(
-        "length buckets: %s; train batches per bucket (video x text) in epoch 1: %s",
-        train_ds.buckets.describe(),
-        ", ".join(f"{n} at {v}x{t}" for (v, t), n in counts.items()),
-    )
-
-
-# ------------------------------------------------------------------------ evaluation
 
 
 # ------------------------------------------------------------------------------ loop
@@ -486,81 +321,41 @@ def train_and_evaluate(
     several seeds (``config.train.num_seeds`` / ``seeds``) trains them all at once:
     :func:`trdetr_jax.seeds.train_and_evaluate_seeds`.
 
-    Everything that can refuse the run is decided before the workdir is touched: the loop
-    settings, the workdir's writability, the data (every row and feature header), and, when
-    resuming, whether the new config keeps the settings the checkpoints fix
-    (:data:`RESUME_FIXED`). Resuming restores the newest checkpoint that reads completely
-    (unreadable newer steps are reported and moved to ``checkpoints_damaged/``).
+    Everything that can refuse the run is decided before the workdir is touched
+    (:func:`trdetr_jax.loop.prepare`): the loop settings, the workdir's writability, the data
+    (every row and feature header), and, when resuming, whether the new config keeps the
+    settings the checkpoints fix (:data:`trdetr_jax.rundir.RESUME_FIXED`). Resuming restores
+    the newest checkpoint that reads completely (unreadable newer steps are reported and
+    moved to ``checkpoints_damaged/``).
 
     Returns the run summary (also printed as a table and written to ``summary.json``).
     """
     if seeds_lib.is_multi_seed(config):
         return seeds_lib.train_and_evaluate_seeds(config, workdir, devices=devices)
-    t_start = time.time()
-    mesh_lib.maybe_initialize_distributed(config)
-    tcfg = config.train
-    check_train_config(tcfg)
-    compile_cache.enable(tcfg.get("compilation_cache_dir"))
-    workdir_path = pathlib.Path(workdir).resolve()
-    check_workdir(workdir_path)
-
-    # ---- data, model, mesh. Nothing is written to the workdir until the run goes ahead.
-    mesh = mesh_lib.make_mesh(devices)
-    mesh_lib.check_batch_size(tcfg.batch_size, mesh, "config.train.batch_size")
-    n_dev = mesh.devices.size
-    eval_batch_size = -(-tcfg.eval_batch_size // n_dev) * n_dev  # eval pads: round up
-    # Every annotation row and feature file header is checked here, before compiling.
-    config, train_ds, eval_ds = load_datasets(config)
-    new_cfg = config_to_dict(config)
-    config_path = workdir_path / checkpointing.CONFIG_FILE
-    ckpt_dir = workdir_path / checkpointing.CHECKPOINT_SUBDIR
-    old_cfg = saved_config(config_path) if has_checkpoints(ckpt_dir) else None
-    if old_cfg is not None:
-        if len(seeds_lib.seeds_of_saved(old_cfg)) > 1:  # its checkpoints stack several seeds
-            seeds_lib.check_same_seeds(old_cfg, (config.seed,), workdir_path)
-        check_resumable(old_cfg, new_cfg, workdir_path)
-    n_steps_epoch = steps_per_epoch(train_ds, tcfg.batch_size)
-    total_steps = n_steps_epoch * tcfg.num_epochs
-    steps = cached_steps(config, mesh, n_steps_epoch, abstract_batch(train_ds, tcfg.batch_size))
+    clock = loop_lib.Clock()
+    setup = loop_lib.prepare(config, workdir, devices, check_saved=_check_single_seed(config.seed))
+    config, tcfg, workdir_path = setup.config, setup.config.train, setup.workdir
+    train_ds, eval_ds, n_steps_epoch = setup.train_ds, setup.eval_ds, setup.n_steps_epoch
+    steps = cached_steps(
+        config, setup.mesh, n_steps_epoch, data_lib.abstract_batch(train_ds, tcfg.batch_size)
+    )
     mesh_lib.check_process_rows(steps.batch_sharding, tcfg.batch_size)
     # Parameter init and dropout draw from independent streams of the one seed.
     init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
-
-    # ---- checkpoints: resume from the newest one that can be read, if there is one.
-    ckpt = checkpointing.RunCheckpoints(ckpt_dir)
-    damaged: list[str] = []
-    restored = None
-    candidates = ckpt.candidate_steps()
-    if candidates:
-        restored = resume_point(ckpt, steps.abstract_state, candidates, workdir_path, damaged)
-        if restored[2].seed != config.seed:
-            raise RunError(
-                f"{workdir_path} holds a run with seed {restored[2].seed}, but config.seed is "
-                f"{config.seed}; resuming would not reproduce it. Use another --workdir."
-            )
+    ckpt = checkpointing.RunCheckpoints(setup.ckpt_dir)
+    restored, notes = loop_lib.restore(ckpt, steps.abstract_state, workdir_path)
+    if restored is not None and restored[2].seed != config.seed:
+        raise RunError(
+            f"{workdir_path} holds a run with seed {restored[2].seed}, but config.seed is "
+            f"{config.seed}; resuming would not reproduce it. Use another --workdir."
+        )
 
     # ---- the run goes ahead: record its configuration, say what changed when resuming.
-    workdir_path.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        files.write_json_atomic(config_path, new_cfg)
-    log = runlog.RunLog(workdir_path, None if restored is None else restored[0])
-    for line in damaged:
-        log.info("%s", line, console=False)  # already shown as warnings
-    log_buckets(log, train_ds, tcfg.batch_size, config.seed)
-    train_res, eval_res = resident_features(config, train_ds, eval_ds, steps, log.info)
-    if train_res is not None:
-        steps = dataclasses.replace(
-            steps,
-            train=steps.train.bind(train_res.tables),
-            train_chunk=steps.train_chunk.bind(train_res.tables),
-            eval=steps.eval.bind(eval_res.tables),
-        )
-    steps = dataclasses.replace(
-        steps,
-        train=log_new_shapes(steps.train, "train step", log.info),
-        train_chunk=log_new_shapes(steps.train_chunk, "train chunk", log.info),
-        eval=log_new_shapes(steps.eval, "eval step", log.info),
+    log = loop_lib.open_run(setup, restored, notes)
+    train_res, eval_res = resident.for_run(
+        config.data.get("features_on_device", "auto"), train_ds, eval_ds, steps.replicated, log.info
     )
+    steps = steps.for_run(train_res, eval_res, log.info)
     if restored is None:
         state = steps.init(init_rng)
         loop = checkpointing.LoopState(seed=config.seed)
@@ -568,7 +363,7 @@ def train_and_evaluate(
             "new run in %s: %d devices (%s), %d train / %d eval examples, %d steps/epoch, "
             "%d epochs",
             workdir_path,
-            n_dev,
+            setup.mesh.devices.size,
             jax.devices()[0].platform,
             len(train_ds),
             len(eval_ds),
@@ -586,29 +381,16 @@ def train_and_evaluate(
                 ", stopped early" if loop.stopped_early else "",
             )
         else:
-            log.info(
-                "resuming %s from step %d (epoch %d, batch %d of %d)",
-                workdir_path,
-                loop.step,
-                loop.epoch + 1,
-                loop.batch_in_epoch,
-                n_steps_epoch,
-            )
-        for change in config_diff(old_cfg, new_cfg) if old_cfg is not None else []:
-            log.info("config changed since the checkpoint: %s", change)
-    # Wall time of the earlier processes of this run (this one's is added at each save).
-    wall_before = loop.wall_time_s
+            loop_lib.log_resume(log, setup, loop)
+    clock.before = loop.wall_time_s  # wall time of the run's earlier processes
 
     def save(score: float | None = None) -> None:
-        loop.wall_time_s = wall_before + time.time() - t_start
+        loop.wall_time_s = clock.total()
         ckpt.save(state, loop, score=score)
 
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     log.info("model: %.2fM parameters", n_params / 1e6)
-
-    split = config.data.eval_split_name
-    best_preds_path = workdir_path / f"best_{split}_preds.jsonl"
-    best_metrics_path = workdir_path / f"best_{split}_preds_metrics.json"
+    best = loop_lib.best_paths(workdir_path, config.data.eval_split_name)
 
     def run_eval(epoch: int) -> float:
         t0 = time.time()
@@ -618,38 +400,22 @@ def train_and_evaluate(
             state.params,
             eval_ds,
             config,
-            eval_batch_size,
+            setup.eval_batch_size,
             eval_res,
         )
-        score = inference.brief_metric(results, tcfg.best_metric)
-        # None marks a metric the split cannot give (e.g. an empty length bucket).
-        brief = {k: None if v is None else float(v) for k, v in results["brief"].items()}
-        improved = loop.best_score is None or score > loop.best_score
-        log.record({"type": "eval", "step": loop.step, "epoch": epoch + 1, **brief})
-        log.info(
-            "eval epoch %d step %d (%.1fs): %s=%.2f%s | %s",
-            epoch + 1,
-            loop.step,
-            time.time() - t0,
-            tcfg.best_metric,
-            score,
-            " (new best)" if improved else "",
-            " ".join(f"{k}={runlog.fmt_num(v)}" for k, v in brief.items()),
+        return loop_lib.record_eval(
+            log,
+            loop,
+            results,
+            rows,
+            epoch=epoch,
+            tcfg=tcfg,
+            paths=best,
+            seconds=time.time() - t0,
         )
-        if improved:
-            loop.best_score, loop.best_step, loop.best_epoch = score, loop.step, epoch + 1
-            loop.best_brief = brief
-            loop.es_cnt = 0
-            if jax.process_index() == 0:
-                files.write_jsonl_atomic(best_preds_path, rows)
-                files.write_json_atomic(best_metrics_path, results)
-        else:
-            loop.es_cnt += 1
-        return score
 
     # ---- the loop.
-    bar = runlog.ProgressBar(total_steps, loop.step)
-    log.bar = bar
+    bar = log.bar = runlog.ProgressBar(setup.total_steps, loop.step)
     # Metrics of the last dispatch, fetched one dispatch late: (last step, metrics, steps).
     pending: tuple[int, Any, int] | None = None
     t_log = time.perf_counter()
@@ -657,70 +423,51 @@ def train_and_evaluate(
 
     def drain() -> None:
         """Fetches the pending dispatch's metrics; checks each step's loss; logs."""
-        nonlocal pending
+        nonlocal pending, t_log
         if pending is None:
             return
         last, metrics, n = pending
         pending = None
         metrics = jax.device_get(metrics)
-        if n == 1 and per_dispatch == 1:
-            record_step(last, metrics)
-        else:  # a chunk: metrics [n], one row per step
-            for i in range(n):
-                record_step(last - n + 1 + i, {k: v[i] for k, v in metrics.items()})
-
-    def record_step(step: int, metrics: dict[str, Any]) -> None:
-        nonlocal t_log
-        check_finite(metrics, step)
-        # Running sums live in the loop state, so a resumed run logs the same means.
-        for k, v in metrics.items():
-            loop.log_sums[k] = loop.log_sums.get(k, 0.0) + float(v)
-        loop.log_count += 1
-        bar.update(step, f"loss {float(metrics['loss']):.4f}")
-        if step % tcfg.log_every_steps == 0 or step == total_steps:
-            now = time.perf_counter()
-            summary = {k: v / loop.log_count for k, v in loop.log_sums.items()}
-            summary["steps_per_sec"] = loop.log_count / max(now - t_log, 1e-9)
-            loop.log_sums, loop.log_count = {}, 0
-            t_log = now
-            log.record({"type": "train", "step": step, "epoch": loop.epoch + 1, **summary})
-            log.info(
-                "step %d epoch %d: %s",
-                step,
-                loop.epoch + 1,
-                " ".join(f"{k}={v:.4g}" for k, v in summary.items()),
-            )
+        for i in range(n):  # a chunk's metrics are [n], one row per step
+            step = last - n + 1 + i
+            one = metrics if per_dispatch == 1 else {k: v[i] for k, v in metrics.items()}
+            loop_lib.check_finite(one, step)
+            loop_lib.add_train_metrics(loop, one)
+            bar.update(step, f"loss {float(one['loss']):.4f}")
+            if step % tcfg.log_every_steps == 0 or step == setup.total_steps:
+                now = time.perf_counter()
+                loop_lib.log_train(log, loop, step=step, epoch=loop.epoch, seconds=now - t_log)
+                t_log = now
 
     try:
         while loop.epoch < tcfg.num_epochs and not loop.stopped_early:
             epoch = loop.epoch
-            batches = train_batches(
-                train_ds,
-                tcfg.batch_size,
-                seed=config.seed,
-                epoch=epoch,
-                start_step=loop.batch_in_epoch,
-                resident=train_res,
+            batches = (
+                b
+                for b, _ in data_lib.train_batches(
+                    train_ds,
+                    tcfg.batch_size,
+                    seed=config.seed,
+                    epoch=epoch,
+                    start_step=loop.batch_in_epoch,
+                    resident=train_res,
+                )
             )
             if per_dispatch == 1:
-                feed, run = (
-                    mesh_lib.prefetch_to_devices(
-                        batches, steps.batch_sharding, config.data.prefetch_depth
-                    ),
-                    steps.train,
-                )
+                run, batch_axis = steps.train, 0
             else:  # several steps per dispatch: one lax.scan over each chunk
-                batches = chunks(
+                batches = data_lib.chunk_batches(
                     batches,
                     first_step=loop.step,
                     size=per_dispatch,
                     cut_every=tcfg.checkpoint_every_steps,
                 )
-                feed = mesh_lib.prefetch_to_devices(
-                    batches, steps.chunk_sharding, config.data.prefetch_depth, batch_axis=1
-                )
-                run = steps.train_chunk
-            for batch in feed:
+                run, batch_axis = steps.train_chunk, 1
+            sharding = steps.batch_sharding if batch_axis == 0 else steps.chunk_sharding
+            for batch in mesh_lib.prefetch_to_devices(
+                batches, sharding, config.data.prefetch_depth, batch_axis=batch_axis
+            ):
                 n = 1 if per_dispatch == 1 else batch["example_mask"].shape[0]
                 state, metrics = run(state, batch, dropout_rng)
                 drain()  # previous dispatch's metrics, while this one runs
@@ -735,32 +482,29 @@ def train_and_evaluate(
             loop.epoch, loop.batch_in_epoch = epoch + 1, 0
             is_last = loop.epoch == tcfg.num_epochs
             if loop.epoch % tcfg.eval_every_epochs == 0 or is_last:
-                score = run_eval(epoch)
-                if 0 <= tcfg.max_es_cnt < loop.es_cnt:
-                    log.info("early stop: no improvement in %d evaluations", loop.es_cnt)
-                    loop.stopped_early = True
-                save(score)
+                save(run_eval(epoch))
             elif is_last or loop.step % tcfg.checkpoint_every_steps == 0:
                 save()
     finally:
         bar.close()
     ckpt.close()
 
-    summary = {
-        "workdir": str(workdir_path),
-        "steps": loop.step,
-        "epochs": loop.epoch,
-        "best_metric": tcfg.best_metric,
-        "best_score": loop.best_score,
-        "best_epoch": loop.best_epoch,
-        "best_step": loop.best_step,
-        "best_brief": loop.best_brief,
-        "best_predictions": str(best_preds_path),
-        "wall_time_s": wall_before + time.time() - t_start,
-    }
-    if jax.process_index() == 0:
-        files.write_json_atomic(workdir_path / "summary.json", summary)
-        table = runlog.summary_table(summary)
-        log.info("summary:\n%s", table, console=False)
-        print(table, flush=True)
+    summary = loop_lib.run_summary(
+        loop,
+        workdir=workdir_path,
+        best_metric=tcfg.best_metric,
+        best_predictions=best[0],
+        wall_time_s=clock.total(),
+    )
+    loop_lib.write_summary(log, workdir_path, summary, runlog.summary_table(summary))
     return summary
+
+
+def _check_single_seed(seed: int):
+    """A workdir whose checkpoints stack several seeds resumes only as a run of those seeds."""
+
+    def check(old_cfg: dict[str, Any], workdir) -> None:
+        if len(seeds_lib.seeds_of_saved(old_cfg)) > 1:
+            seeds_lib.check_same_seeds(old_cfg, (seed,), workdir)
+
+    return check

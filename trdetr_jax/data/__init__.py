@@ -3,11 +3,12 @@
 Typical use (the trainer)::
 
     from trdetr_jax import data
-    train_ds, eval_ds = data.build_datasets(config)  # demo generated; buckets chosen
+    config, train_ds, eval_ds = data.load_datasets(config)  # demo generated; buckets
     steps = data.steps_per_epoch(len(train_ds), B)  # full batches per epoch
-    batches = data.train_batches(train_ds, B, epoch=e, start_step=s)
+    batches = data.train_batches(train_ds, B, epoch=e, start_step=s)  # this process's rows
     for batch, metas in data.prefetch(batches, put=put_on_devices, depth=2):
         ...
+    chunks = data.chunk_batches((b for b, _ in batches), first_step=s, size=4, cut_every=N)
     for batch, metas in data.eval_batches(eval_ds, eval_bsz, pad_to=rows):
         ...  # batch['example_mask'] is 0 on the rows that only pad the batch
     gt = eval_ds.gt_rows()
@@ -19,8 +20,10 @@ demo's generated paths filled in.
 """
 
 from trdetr_jax.data.batching import (
+    abstract_batch,
     batch_shapes,
     bucket_counts,
+    chunk_batches,
     collate,
     epoch_order,
     eval_batches,
@@ -35,6 +38,7 @@ from trdetr_jax.data.dataset import (
     MomentDataset,
     build_datasets,
     build_eval_dataset,
+    load_datasets,
     make_dataset,
     make_store,
     resolve_config,
@@ -45,6 +49,9 @@ from trdetr_jax.data.prefetch import prefetch
 
 __all__ = [
     "Buckets",
+    "abstract_batch",
+    "chunk_batches",
+    "load_datasets",
     "DataError",
     "MomentDataset",
     "batch_shapes",

@@ -24,8 +24,9 @@ step sees the same batches.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
+import jax
 import numpy as np
 
 from trdetr_jax.data.dataset import MomentDataset
@@ -114,6 +115,14 @@ def stack_batches(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]
     return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
 
 
+def _process(index: int | None, count: int | None) -> tuple[int, int]:
+    """``(process index, process count)``, this process's where not given."""
+    return (
+        jax.process_index() if index is None else index,
+        jax.process_count() if count is None else count,
+    )
+
+
 def _local_slice(batch_size: int, process_index: int, process_count: int) -> slice:
     if batch_size % process_count:
         raise DataError(
@@ -171,18 +180,21 @@ def train_batches(
     epoch: int,
     seed: int | None = None,
     start_step: int = 0,
-    process_index: int = 0,
-    process_count: int = 1,
+    process_index: int | None = None,
+    process_count: int | None = None,
     resident=None,
-) -> Iterator[Batch]:
-    """The batches of training epoch ``epoch`` from step ``start_step`` on (for resuming).
+) -> Iterator[tuple[Batch, list[dict]]]:
+    """``(this process's rows of the batch, metas of its real examples)`` of training epoch
+    ``epoch`` from step ``start_step`` on (for resuming).
 
-    ``batch_size`` is global; each process gets its contiguous share of every batch. A
-    split smaller than one batch is completed by repeating examples (wrap-around).
-    ``seed`` defaults to the dataset's.
+    ``batch_size`` is global; each process (default: this one of ``jax.process_count()``)
+    gets its contiguous share of every batch. A split smaller than one batch is completed by
+    repeating examples (wrap-around). ``seed`` defaults to the dataset's. ``resident``: the
+    split's :class:`~trdetr_jax.data.resident.ResidentFeatures` (batches then carry table
+    rows instead of features).
     """
     seed = dataset.seed if seed is None else seed
-    local = _local_slice(batch_size, process_index, process_count)
+    local = _local_slice(batch_size, *_process(process_index, process_count))
     n = len(dataset)
     order = epoch_order(n, seed, epoch)
     if n < batch_size:
@@ -203,31 +215,33 @@ def eval_batches(
     *,
     pad_to: int | None = None,
     seed: int | None = None,
-    process_index: int = 0,
-    process_count: int = 1,
+    process_index: int | None = None,
+    process_count: int | None = None,
     resident=None,
-) -> Iterator[Batch]:
+) -> Iterator[tuple[Batch, list[dict]]]:
     """Every example once, in file order, ``batch_size`` examples a batch (the official
     ``eval_bsz``: the official lengths are those of these groups).
 
     Each batch has ``pad_to`` rows (default ``batch_size``; more when the device count asks
     for a multiple): the rows after its real examples, and those completing the last batch,
-    are copies of its last real example with ``example_mask`` 0 (their metas are left out;
-    they change neither the official lengths nor the bucket). ``seed`` defaults to the
-    dataset's.
+    are copies of its last real example with ``example_mask`` 0 (they change neither the
+    official lengths nor the bucket). Yields ``(this process's rows, metas of every real
+    example of the global batch)``: outputs gathered from every process match the metas.
+    ``seed`` defaults to the dataset's.
     """
     seed = dataset.seed if seed is None else seed
     pad_to = batch_size if pad_to is None else pad_to
     if pad_to < batch_size:
         raise ValueError(f"pad_to={pad_to} is smaller than batch_size={batch_size}")
-    local = _local_slice(pad_to, process_index, process_count)
+    local = _local_slice(pad_to, *_process(process_index, process_count))
     n = len(dataset)
     for b in range(num_eval_batches(n, batch_size)):
         real = np.arange(b * batch_size, min((b + 1) * batch_size, n))
         idx = np.concatenate([real, np.full(pad_to - len(real), real[-1])])
         mask = (np.arange(pad_to) < len(real)).astype(np.float32)
         rngs = np.asarray([np.random.default_rng([_seed(seed), 2, int(i)]) for i in idx], object)
-        yield _make(dataset, idx, rngs, mask, local, resident)
+        batch, _ = _make(dataset, idx, rngs, mask, local, resident)
+        yield batch, [dataset.rows[int(i)] for i in real]
 
 
 def batch_shapes(dataset: MomentDataset, batch_size: int) -> dict[str, tuple[tuple, np.dtype]]:
@@ -243,6 +257,44 @@ def batch_shapes(dataset: MomentDataset, batch_size: int) -> dict[str, tuple[tup
     for key in ("official_vid_len", "official_txt_len", "official_batch_size"):
         one[key] = np.zeros(1, np.int32)
     return {k: ((batch_size, *v.shape[1:]), v.dtype) for k, v in one.items()}
+
+
+def abstract_batch(dataset: MomentDataset, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """:func:`batch_shapes` as ``jax.ShapeDtypeStruct`` (parameter shapes do not depend on the
+    lengths; the steps compile per bucket)."""
+    return {
+        k: jax.ShapeDtypeStruct(shape, dtype)
+        for k, (shape, dtype) in batch_shapes(dataset, batch_size).items()
+    }
+
+
+def chunk_batches(batches: Iterable[Batch], *, first_step: int, size: int, cut_every: int):
+    """Consecutive batches stacked into chunks ``[steps, rows, ...]`` of at most ``size`` steps.
+
+    A chunk holds batches of one length bucket only (a batch padded further would draw other
+    dropout masks: JAX draws one per position of the padded array), and it ends where the
+    global step after it is a multiple of ``size`` or of ``cut_every`` (the checkpoint
+    interval), or where the batches (the epoch) end. So the chunks depend on the data order
+    and step positions only: a run resumed at a checkpoint makes the chunks the uninterrupted
+    run made.
+    """
+
+    def shape(batch):
+        return batch["src_vid_mask"].shape, batch["src_txt_mask"].shape
+
+    chunk: list[Batch] = []
+    step = first_step
+    for batch in batches:
+        if chunk and shape(batch) != shape(chunk[0]):
+            yield stack_batches(chunk)
+            chunk = []
+        chunk.append(batch)
+        step += 1
+        if step % size == 0 or step % cut_every == 0:
+            yield stack_batches(chunk)
+            chunk = []
+    if chunk:
+        yield stack_batches(chunk)
 
 
 def bucket_counts(

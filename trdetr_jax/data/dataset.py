@@ -221,6 +221,15 @@ def build_datasets(config: config_dict.ConfigDict) -> tuple[MomentDataset, Momen
     return train, evaluation
 
 
+def load_datasets(config: config_dict.ConfigDict):
+    """``(resolved config, train dataset, eval dataset)`` of a training run: the resolved
+    config has the dataset's paths filled in (the demo generated on first use); it is the
+    one a run records in its ``config.json``."""
+    config = resolve_config(config)
+    train, evaluation = build_datasets(config)
+    return config, train, evaluation
+
+
 def build_eval_dataset(config: config_dict.ConfigDict) -> MomentDataset:
     """The evaluation split alone (prediction with a trained model); its buckets come from
     its own lengths."""

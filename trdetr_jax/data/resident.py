@@ -157,6 +157,23 @@ def build(dataset: MomentDataset, sharding: jax.sharding.Sharding) -> ResidentFe
     return ResidentFeatures(tables, rows, nbytes)
 
 
+def for_run(setting, train_ds: MomentDataset, eval_ds: MomentDataset, sharding, info):
+    """``(train, eval)`` :class:`ResidentFeatures` of a run when ``setting``
+    (``config.data.features_on_device``) asks for them and both splits fit, else
+    ``(None, None)``; ``info`` reports the decision. ``sharding``: replicated over the mesh."""
+    devices = list(sharding.mesh.devices.flat)
+    on, why = wanted(setting, train_ds, devices)
+    if on:
+        eval_on, eval_why = wanted(setting, eval_ds, devices)
+        on, why = eval_on, why if eval_on else eval_why
+    info("features on the device: %s (%s)", "yes" if on else "no", why)
+    if not on:
+        return None, None
+    tables = build(train_ds, sharding), build(eval_ds, sharding)
+    train_ds.store.disable_cache()  # the host copies are no longer read
+    return tables
+
+
 class WithTables:
     """A jitted ``fn(tables, *args)`` called as ``fn(*args)`` with the tables bound (``{}``:
     features come with the batch); ``lower`` too. :meth:`bind` swaps the tables."""
