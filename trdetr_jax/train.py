@@ -455,7 +455,7 @@ def train_and_evaluate(
                 )
             )
             if per_dispatch == 1:
-                run, batch_axis = steps.train, 0
+                run, sharding, batch_axis = steps.train, steps.batch_sharding, 0
             else:  # several steps per dispatch: one lax.scan over each chunk
                 batches = data_lib.chunk_batches(
                     batches,
@@ -463,8 +463,7 @@ def train_and_evaluate(
                     size=per_dispatch,
                     cut_every=tcfg.checkpoint_every_steps,
                 )
-                run, batch_axis = steps.train_chunk, 1
-            sharding = steps.batch_sharding if batch_axis == 0 else steps.chunk_sharding
+                run, sharding, batch_axis = steps.train_chunk, steps.chunk_sharding, 1
             for batch in mesh_lib.prefetch_to_devices(
                 batches, sharding, config.data.prefetch_depth, batch_axis=batch_axis
             ):
