@@ -514,7 +514,7 @@ def train_and_evaluate_seeds(
         for c in seed_ckpts:  # the steps after the resume point are trained again
             c.delete_after(loop.step)
         loop_lib.log_resume(log, setup, loop)
-    if tcfg.get("steps_per_dispatch", 1) != 1 or config.data.get("features_on_device") == "yes":
+    if tcfg.get("steps_per_dispatch", 1) != 1 or config.data.get("features_on_device") == "on":
         # Not built for K seeds yet: every step is its own dispatch (per bucket pair), with
         # features sent from the host; the results are the same either way.
         log.info(
