@@ -9,7 +9,7 @@ from test_data_readers import AUD, qvh_config, write_qvh
 
 from trdetr_jax import data
 from trdetr_jax import mesh as mesh_lib
-from trdetr_jax.data import resident
+from trdetr_jax.data import features, resident
 
 LENGTHS = (8, 5, 9, 6, 7, 10, 4, 3)
 
@@ -59,10 +59,33 @@ def test_a_batch_with_features_passes_through(tmp_path):
     assert resident.gather({}, host) is host
 
 
-def test_auto_keeps_features_on_the_host_on_cpu_and_forcing_works(tmp_path):
+def test_auto_on_cpu_keeps_cached_features_resident_when_they_fit(tmp_path, monkeypatch):
+    train_ds, eval_ds = _datasets(tmp_path)
+    devices = jax.devices()[:1]
+    need = resident.table_bytes(train_ds) + resident.table_bytes(eval_ds)
+    # Fits in 40% of the available memory: on; one byte short of it: off, saying why.
+    monkeypatch.setattr(features, "available_memory_bytes", lambda: int(need / 0.4) + 1)
+    on, why = resident.wanted("auto", (train_ds, eval_ds), devices)
+    assert on is True and why.startswith("CPU: ")
+    monkeypatch.setattr(features, "available_memory_bytes", lambda: int(need / 0.4) - 1)
+    on, why = resident.wanted("auto", (train_ds, eval_ds), devices)
+    assert on is False and "more than 40% of the" in why
+    # Every CPU device of the process holds a copy.
+    two = [devices[0], devices[0]]
+    monkeypatch.setattr(features, "available_memory_bytes", lambda: int(need / 0.4) + 1)
+    assert resident.wanted("auto", (train_ds, eval_ds), two)[0] is False
+    monkeypatch.setattr(features, "available_memory_bytes", lambda: None)
+    assert resident.wanted("auto", train_ds, devices)[0] is False
+    monkeypatch.undo()
+    # Features not cached in memory (config.data.preload off, or too big for it): off.
+    train_ds.store.disable_cache()
+    on, why = resident.wanted("auto", train_ds, devices)
+    assert on is False and "config.data.preload" in why
+
+
+def test_on_and_off_force_the_choice(tmp_path):
     train_ds, _ = _datasets(tmp_path)
     devices = jax.devices()[:1]
-    assert resident.wanted("auto", train_ds, devices)[0] is False
     assert resident.wanted("on", train_ds, devices)[0] is True
     assert resident.wanted("off", train_ds, devices)[0] is False
     with pytest.raises(ValueError, match="features_on_device: expected 'auto', 'on' or 'off'"):

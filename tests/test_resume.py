@@ -185,8 +185,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(cache_dir, tmp_path
             yield batch, metas
 
     monkeypatch.setattr(data, "train_batches", poisoned)
+    config = run_config(cache_dir)
+    config.data.features_on_device = "off"  # the poison goes into the host-collated features
     with pytest.raises(errors.NonFiniteLossError, match=r"loss became nan at step 6.*checkpoint"):
-        train.train_and_evaluate(run_config(cache_dir), str(workdir))
+        train.train_and_evaluate(config, str(workdir))
     params, loop = saved(workdir)
     assert loop["step"] == 4  # the save due at step 6 did not happen
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))

@@ -81,7 +81,9 @@ def get_base_config() -> config_dict.ConfigDict:
     data.cache_dir = config_dict.placeholder(str)
     # Keep the processed features on the device(s) and send only row indices each step
     # (trdetr_jax/data/resident.py): 'auto' (on accelerators when the tables fit in 40% of
-    # device memory; off on CPU), 'on' or 'off'. Batches are bit-identical either way.
+    # device memory; on CPU when the features are cached in memory (data.preload) and the
+    # tables fit in 40% of the available host memory), 'on' or 'off'. Batches are
+    # bit-identical either way.
     data.features_on_device = "auto"
     # Batches loaded ahead of the train step by the prefetch thread.
     data.prefetch_depth = 2
@@ -193,7 +195,8 @@ def get_base_config() -> config_dict.ConfigDict:
     # (threefry2x32); a JAX PRNG name ('threefry4x32', 'philox2x32', ...) draws them from a
     # key of that generator seeded by the step's key: the same Bernoulli masks in
     # distribution, another (equally deterministic) stream, much cheaper on CPU, where JAX
-    # hashes threefry2x32 in a rolled loop (experiments/PROFILE.md).
+    # hashes threefry2x32 in a rolled loop (experiments/PROFILE.md). The philox generators
+    # cannot be partitioned over several devices with JAX 0.10 (refused before the run).
     train.dropout_prng = ""
     # XLA's persistent compilation cache ('' = off): a rerun of the same config loads the eval
     # step, and with matcher='device' the train step, instead of compiling it (see
