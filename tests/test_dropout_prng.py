@@ -40,8 +40,8 @@ def test_dropout_masks_from_the_derived_key_keep_the_bernoulli_rate(rate):
 
 
 def test_the_objective_draws_its_dropout_masks_from_the_derived_key():
-    """Traced, not compiled: the training loss's masks come from a threefry4x32 key (and
-    from the step key's own generator with ``dropout_prng=None``)."""
+    """Traced, not compiled: the training loss's masks come from the step key's own
+    generator by default, or from a key of the configured generator."""
     from test_objective import _batch, _config
 
     from trdetr_jax.model import TRDETR, model_inputs, model_kwargs_from_config
@@ -63,12 +63,14 @@ def test_the_objective_draws_its_dropout_masks_from_the_derived_key():
         return set(re.findall(r"key<(\w+)>", str(jaxpr)))
 
     assert key_types(True, dropout_prng="threefry4x32") == {"fry", "fry4"}  # step, masks
+    assert config.train.dropout_prng == ""
     assert key_types(True) == {"fry"}  # the default: the step key's own generator
     assert key_types(False) == {"fry"}  # no dropout: the key is not used
     # config.train.dropout_prng chooses the generator of the training loss
     config.train.dropout_prng = "philox2x32"
     loss_fn = objective.make_loss_fn(config)
     assert key_types(True) == {"fry", "phx2"}
+    assert key_types(True, dropout_prng=None) == {"fry"}
 
 
 def test_an_unknown_dropout_prng_is_refused_before_the_run():
@@ -80,3 +82,27 @@ def test_an_unknown_dropout_prng_is_refused_before_the_run():
     with pytest.raises(errors.RunError, match=r"config.train.dropout_prng: expected ''.*"
                        r"threefry4x32.*found 'threefry8x32'"):  # fmt: skip
         loop.check_train_config(tcfg)
+
+
+def test_a_generator_that_cannot_be_partitioned_is_refused_before_the_run(tmp_path):
+    """JAX 0.10 cannot partition the philox generators' masks over several devices (lowering
+    fails deep in the first step); the run is refused up front, naming the setting. Should a
+    JAX partition them, the first assertion fails: the check is then no longer needed."""
+    from _tiny_run import tiny_config
+
+    from trdetr_jax import errors, mesh, train
+
+    four = mesh.make_mesh(jax.devices()[:4])
+    with pytest.raises(ValueError, match=r"'philox2x32' cannot draw dropout masks of a batch "
+                       r"sharded over 4 devices"):  # fmt: skip
+        objective.check_dropout_prng_on_mesh("philox2x32", four)
+    for fine in ("", "threefry4x32", "rbg"):
+        objective.check_dropout_prng_on_mesh(fine, four)
+    objective.check_dropout_prng_on_mesh("philox2x32", mesh.make_mesh(jax.devices()[:1]))
+    # Through the run: refused before any data is read or anything is written.
+    config = tiny_config(tmp_path / "demo")
+    config.train.dropout_prng = "philox4x32"
+    workdir = tmp_path / "run"
+    with pytest.raises(errors.RunError, match=r"'philox4x32' cannot draw .* over 4 devices"):
+        train.train_and_evaluate(config, str(workdir), devices=jax.devices()[:4])
+    assert not workdir.exists() and not (tmp_path / "demo").exists()

@@ -99,6 +99,10 @@ def prepare(
     rundir.check_workdir(workdir)
     mesh = mesh_lib.make_mesh(devices)
     mesh_lib.check_batch_size(tcfg.batch_size, mesh, "config.train.batch_size")
+    try:
+        objective.check_dropout_prng_on_mesh(tcfg.get("dropout_prng", ""), mesh)
+    except ValueError as e:
+        raise RunError(str(e)) from None
     n_dev = mesh.devices.size
     # Every annotation row and feature file header is checked here, before compiling.
     config, train_ds, eval_ds = data_lib.load_datasets(config)

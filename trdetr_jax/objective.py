@@ -21,14 +21,14 @@ from trdetr_jax.model import model_inputs
 OFFICIAL_LOSSES = losses.LossConfig()
 
 # The bit generator of the dropout masks. A training step's dropout key (``fold_in(key(seed),
-# step)``, the default threefry2x32) seeds a key of this implementation, from which every
-# dropout layer draws its masks: the same Bernoulli distribution as masks drawn from the
-# step's key (``jax.random.bernoulli`` in both cases), a different but equally deterministic
-# stream (a resumed run draws the same masks). Why: on CPU, JAX lowers threefry2x32 as a
-# rolled loop over whole arrays, and the masks (~25 M draws per QVHighlights step) cost more
-# than the rest of the forward pass; threefry4x32 is one fused elementwise kernel
-# (experiments/PROFILE.md). None (the default): draw from the step's key as given;
-# ``config.train.dropout_prng`` chooses another.
+# step)``, threefry2x32) can seed a key of another implementation, from which every dropout
+# layer then draws its masks: the same Bernoulli distribution as masks drawn from the step's
+# key (``jax.random.bernoulli`` in both cases), a different but equally deterministic stream
+# (a resumed run draws the same masks). Why: on CPU, JAX lowers threefry2x32 as a rolled loop
+# over whole arrays, and the masks (~25 M draws per QVHighlights step) cost more than the
+# rest of the forward pass; threefry4x32 and philox2x32 are one fused elementwise kernel
+# (experiments/PROFILE.md). None (the default, ``config.train.dropout_prng = ''``): draw from
+# the step's key as given.
 DROPOUT_PRNG = None
 DROPOUT_PRNGS = ("threefry2x32", "threefry4x32", "philox2x32", "philox4x32", "rbg", "unsafe_rbg")
 
@@ -43,6 +43,35 @@ def check_dropout_prng(value) -> str | None:
             f"found {value!r}"
         )
     return value
+
+
+def check_dropout_prng_on_mesh(value, mesh: jax.sharding.Mesh) -> None:
+    """Raises ValueError when the generator ``value`` cannot draw masks of a batch sharded
+    over ``mesh`` (tried on a tiny array: with JAX 0.10 the philox generators fail to
+    partition over several devices, "Unable to convert MHLO to StableHLO")."""
+    impl = check_dropout_prng(value)
+    if impl is None or mesh.devices.size == 1:
+        return
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    n = mesh.devices.size
+    sharding = NamedSharding(mesh, P(mesh.axis_names))
+
+    def masks(x, key):
+        return jnp.where(jax.random.bernoulli(dropout_key(key, impl), 0.5, x.shape), x, 0.0)
+
+    try:
+        jax.jit(masks, in_shardings=(sharding, None), out_shardings=sharding).lower(
+            jax.ShapeDtypeStruct((n, 4), jnp.float32), jax.random.key(0)
+        ).compile()
+    except Exception as e:  # noqa: BLE001 (XLA reports lowering failures in several types)
+        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"config.train.dropout_prng: {value!r} cannot draw dropout masks of a batch sharded "
+            f"over {n} devices with this JAX {jax.__version__} ({first}); use 'threefry4x32', "
+            "'rbg' or '' (the step key) instead"
+        ) from None
 
 
 def dropout_key(key: jax.Array, impl: str | None = DROPOUT_PRNG) -> jax.Array:
