@@ -62,7 +62,8 @@ from trdetr_jax.config import get_base_config  # noqa: E402
 from trdetr_jax.data import synthetic  # noqa: E402
 from trdetr_jax.model import TRDETR, model_inputs, model_kwargs_from_config  # noqa: E402
 
-# --dropout-prng: "key" draws the masks from the step's own key (threefry2x32).
+# --dropout-prng: "key" draws the masks from the step's own key (threefry2x32); without the
+# flag the config's train.dropout_prng (default philox2x32) is used.
 DROPOUT_PRNGS = ("threefry4x32", "philox4x32", "philox2x32", "rbg", "unsafe_rbg", "key")
 
 
@@ -410,6 +411,8 @@ def bench_pipeline(args) -> None:
     config.train.eval_batch_size = 1
     from trdetr_jax.predict import apply_overrides
 
+    if args.dropout_prng:
+        config.train.dropout_prng = "" if args.dropout_prng == "key" else args.dropout_prng
     apply_overrides(config, args.set)  # e.g. data.features_on_device=on
     rng = np.random.default_rng(0)
     n_train = batch_size * (args.steps + args.warmup)
@@ -422,6 +425,9 @@ def bench_pipeline(args) -> None:
         wall = time.perf_counter() - t0
         metrics_file = pathlib.Path(root) / "run" / "metrics.jsonl"
         records = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+        log = (pathlib.Path(root) / "run" / "train.log").read_text()
+        resident = [x.split("features on the device: ")[1] for x in log.splitlines()
+                    if "features on the device: " in x]  # fmt: skip
         bare = time_pipeline(config, mesh_lib.make_mesh(), batch_size, args)  # cached steps
     rates = [
         r["steps_per_sec"]
@@ -436,6 +442,8 @@ def bench_pipeline(args) -> None:
             {
                 "mode": "pipeline",
                 "set": args.set,
+                "dropout_prng": config.train.dropout_prng or "key",
+                "features_on_device": resident[-1] if resident else None,
                 "batch_size": batch_size,
                 "steps": summary["steps"],
                 "wall_s": round(wall, 1),
@@ -528,8 +536,9 @@ def main() -> None:
                    "analysis; a jax.profiler trace to DIR")  # fmt: skip
     p.add_argument("--pipeline", action="store_true", help="time train.train_and_evaluate on "
                    "a generated dataset (batch 32: --steps + --warmup batches)")  # fmt: skip
-    p.add_argument("--dropout-prng", default="key", choices=DROPOUT_PRNGS,
-                   help="bit generator of the dropout masks ('key': the step's own key)")  # fmt: skip
+    p.add_argument("--dropout-prng", default=None, choices=DROPOUT_PRNGS,
+                   help="bit generator of the dropout masks ('key': the step's own key; "
+                   "default: config.train.dropout_prng)")  # fmt: skip
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="--pipeline: a config override, e.g. train.steps_per_dispatch=4")  # fmt: skip
     p.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS (before JAX starts)")
@@ -557,6 +566,7 @@ def main() -> None:
     shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batches[0].items()}
     steps_per_epoch = 7293 // args.batch_size  # QVHighlights train split
     tx = train.make_optimizer(config, steps_per_epoch)
+    args.dropout_prng = args.dropout_prng or config.train.dropout_prng or "key"
     loss_fn = with_dropout_prng(train.make_loss_fn(config, mesh), args.dropout_prng)
     steps = train.build_steps(
         mesh,
