@@ -12,13 +12,14 @@ from _tiny_run import enable_compilation_cache, tiny_config
 
 from trdetr_jax import data, inference, runlog, train
 from trdetr_jax import mesh as mesh_lib
+from trdetr_jax import steps as steps_lib
 from trdetr_jax.model import TRDETR, model_kwargs_from_config
 
 
 @dataclasses.dataclass
 class Setup:
     config: object
-    steps: train.Steps
+    steps: steps_lib.Steps
     batches: list  # local numpy batches of epoch 0
     traces: list  # one entry per trace of the loss function
 

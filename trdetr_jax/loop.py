@@ -164,6 +164,36 @@ def open_run(
     return log
 
 
+def log_start(
+    log: runlog.RunLog, setup: RunSetup, loop: checkpointing.LoopState, *, resumed: bool
+) -> None:
+    """What a single-seed run is about to do: a new run's size, a finished run's state, or
+    where a resumed run goes on from."""
+    tcfg = setup.config.train
+    if not resumed:
+        log.info(
+            "new run in %s: %d devices (%s), %d train / %d eval examples, %d steps/epoch, "
+            "%d epochs",
+            setup.workdir,
+            setup.mesh.devices.size,
+            jax.devices()[0].platform,
+            len(setup.train_ds),
+            len(setup.eval_ds),
+            setup.n_steps_epoch,
+            tcfg.num_epochs,
+        )
+    elif loop.epoch >= tcfg.num_epochs or loop.stopped_early:
+        log.info(
+            "%s is finished (step %d, %d epochs%s): nothing to train",
+            setup.workdir,
+            loop.step,
+            loop.epoch,
+            ", stopped early" if loop.stopped_early else "",
+        )
+    else:
+        log_resume(log, setup, loop)
+
+
 def log_resume(log: runlog.RunLog, setup: RunSetup, loop: checkpointing.LoopState) -> None:
     """Where a resumed run goes on from, and what changed in its config."""
     log.info(

@@ -3,6 +3,9 @@
 Layout follows the flax examples (lm1b / imagenet): :func:`create_train_state`,
 :func:`train_step` and :func:`train_and_evaluate`. Around it:
 
+- :mod:`trdetr_jax.steps`: the steps jitted over the mesh with explicit shardings (state
+  donated, batches split over ``'data'``, features optionally gathered on the device), and
+  the process's cache of them;
 - :mod:`trdetr_jax.mesh`: the ``('data',)`` mesh over every device, batches onto it, outputs
   back to the host;
 - :mod:`trdetr_jax.inference`: the eval step and predicting / scoring a split (shared with
@@ -26,7 +29,6 @@ exactly the batches and random numbers an uninterrupted run would have used.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 from collections.abc import Sequence
@@ -38,14 +40,13 @@ import ml_collections
 import numpy as np
 import optax
 from flax import struct
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from trdetr_jax import checkpointing, inference, precision, runlog
 from trdetr_jax import data as data_lib
 from trdetr_jax import loop as loop_lib
 from trdetr_jax import mesh as mesh_lib
 from trdetr_jax import seeds as seeds_lib
+from trdetr_jax import steps as steps_lib
 from trdetr_jax.data import resident
 from trdetr_jax.errors import RunError
 from trdetr_jax.model import model_inputs
@@ -147,9 +148,6 @@ def train_step(
     return new_state, metrics
 
 
-# ------------------------------------------------------------------------ sharding
-
-
 def train_chunk(
     state: TrainState,
     batches: dict[str, jax.Array],
@@ -165,39 +163,6 @@ def train_chunk(
     return jax.lax.scan(body, state, batches)
 
 
-@dataclasses.dataclass
-class Steps:
-    """The jitted step functions of a run and the shardings they use."""
-
-    mesh: jax.sharding.Mesh
-    replicated: NamedSharding
-    batch_sharding: NamedSharding  # batch arrays: split over the mesh's data axis
-    state_sharding: Any
-    train: Any  # (state, batch, rng) -> (state, metrics); donates state
-    eval: Any  # (params, batch) -> outputs
-    init: Any  # (rng) -> state
-    abstract_state: Any  # ShapeDtypeStructs with shardings (restore target)
-    # (state, chunk [steps, rows, ...], rng) -> (state, metrics [steps]); donates state
-    train_chunk: Any = None
-    chunk_sharding: NamedSharding | None = None  # chunks: rows split over the data axis
-    # train / train_chunk / eval are resident.WithTables: .bind(tables) for batches of
-    # table rows (features resident on the device).
-
-    def for_run(self, train_res, eval_res, info) -> Steps:
-        """The steps a run calls: bound to its splits' resident feature tables (when the
-        features are on the device), each reporting the shapes it compiles for."""
-        train, chunk, evaluate = self.train, self.train_chunk, self.eval
-        if train_res is not None:
-            train, chunk = train.bind(train_res.tables), chunk.bind(train_res.tables)
-            evaluate = evaluate.bind(eval_res.tables)
-        return dataclasses.replace(
-            self,
-            train=loop_lib.log_new_shapes(train, "train step", info),
-            train_chunk=loop_lib.log_new_shapes(chunk, "train chunk", info, leading="steps"),
-            eval=loop_lib.log_new_shapes(evaluate, "eval step", info),
-        )
-
-
 def build_steps(
     mesh: jax.sharding.Mesh,
     model,
@@ -206,68 +171,23 @@ def build_steps(
     schedule: optax.Schedule,
     batch_shapes: dict[str, jax.ShapeDtypeStruct],
     matmul_precision: str = precision.DEFAULT,
-) -> Steps:
-    """Jits init / train / eval with explicit shardings over ``mesh``.
+) -> steps_lib.Steps:
+    """This module's init / train / train chunk steps and the eval step, jitted over
+    ``mesh`` (:func:`trdetr_jax.steps.compile_steps`).
 
     ``batch_shapes``: global shapes of a batch (only used to initialise parameters).
     ``matmul_precision``: ``config.model.matmul_precision``, applied to every step.
     """
-    replicated = NamedSharding(mesh, P())
-    data = NamedSharding(mesh, P("data"))
-
-    def init_fn(rng):
-        # Parameter shapes depend on the input shapes only: initialise from zeros.
-        zeros = {k: jnp.zeros(v.shape, v.dtype) for k, v in batch_shapes.items()}
-        return create_train_state(model, tx, zeros, rng)
-
-    shapes = jax.eval_shape(init_fn, jax.random.key(0))
-    state_sharding = jax.tree.map(lambda _: replicated, shapes)
-    init = jax.jit(init_fn, in_shardings=replicated, out_shardings=state_sharding)
-    train = jax.jit(
-        resident.gathering(
-            functools.partial(train_step, model=model, loss_fn=loss_fn, schedule=schedule)
-        ),
-        in_shardings=(replicated, state_sharding, data, replicated),
-        out_shardings=(state_sharding, replicated),
-        donate_argnums=(1,),  # the state
-    )
-    chunk_sharding = NamedSharding(mesh, P(None, "data"))
-    chunk = jax.jit(
-        resident.gathering(
-            functools.partial(train_chunk, model=model, loss_fn=loss_fn, schedule=schedule)
-        ),
-        in_shardings=(replicated, state_sharding, chunk_sharding, replicated),
-        out_shardings=(state_sharding, replicated),
-        donate_argnums=(1,),
-    )
-    init, train, chunk = (
-        precision.with_matmul_precision(f, matmul_precision) for f in (init, train, chunk)
-    )
-    train, chunk = resident.WithTables(train), resident.WithTables(chunk)
-    evaluate = inference.jit_eval_step(mesh, model, state_sharding.params, matmul_precision)
-    abstract = jax.tree.map(
-        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), shapes, state_sharding
-    )
-    return Steps(
+    kw = dict(model=model, loss_fn=loss_fn, schedule=schedule)
+    return steps_lib.compile_steps(
         mesh,
-        replicated,
-        data,
-        state_sharding,
-        train,
-        evaluate,
-        init,
-        abstract,
-        chunk,
-        chunk_sharding,
+        model,
+        batch_shapes,
+        init_state=functools.partial(create_train_state, model, tx),
+        train_step=functools.partial(train_step, **kw),
+        train_chunk=functools.partial(train_chunk, **kw),
+        matmul_precision=matmul_precision,
     )
-
-
-# Jitted steps of recent runs in this process, so that running again with the same model,
-# losses, optimiser and shapes (a resumed run, a sweep over seeds, a notebook, the tests)
-# does not compile again. The train step holds a host callback (the matcher), so XLA's
-# persistent compilation cache cannot keep it across processes.
-_STEPS_CACHE: dict[tuple, Steps] = {}
-_STEPS_CACHE_SIZE = 4
 
 
 def cached_steps(
@@ -275,8 +195,9 @@ def cached_steps(
     mesh: jax.sharding.Mesh,
     n_steps_epoch: int,
     batch_shapes: dict[str, jax.ShapeDtypeStruct],
-) -> Steps:
-    """:func:`build_steps` for a config, reusing the jitted steps of an identical earlier run."""
+) -> steps_lib.Steps:
+    """:func:`build_steps` for a config, reusing the jitted steps of an identical earlier run
+    of this process (:func:`trdetr_jax.steps.cached`)."""
     from trdetr_jax import losses
     from trdetr_jax.model import TRDETR, model_kwargs_from_config
 
@@ -291,10 +212,9 @@ def cached_steps(
         precision.of_config(config),
         config.train.get("dropout_prng", ""),
     )
-    if key not in _STEPS_CACHE:
-        while len(_STEPS_CACHE) >= _STEPS_CACHE_SIZE:
-            _STEPS_CACHE.pop(next(iter(_STEPS_CACHE)))
-        _STEPS_CACHE[key] = build_steps(
+    return steps_lib.cached(
+        key,
+        lambda: build_steps(
             mesh,
             TRDETR(**model_kwargs),
             make_optimizer(config, n_steps_epoch),
@@ -302,8 +222,8 @@ def cached_steps(
             lr_schedule(config, n_steps_epoch),
             batch_shapes,
             precision.of_config(config),
-        )
-    return _STEPS_CACHE[key]
+        ),
+    )
 
 
 # ------------------------------------------------------------------------------ loop
@@ -357,31 +277,10 @@ def train_and_evaluate(
     )
     steps = steps.for_run(train_res, eval_res, log.info)
     if restored is None:
-        state = steps.init(init_rng)
-        loop = checkpointing.LoopState(seed=config.seed)
-        log.info(
-            "new run in %s: %d devices (%s), %d train / %d eval examples, %d steps/epoch, "
-            "%d epochs",
-            workdir_path,
-            setup.mesh.devices.size,
-            jax.devices()[0].platform,
-            len(train_ds),
-            len(eval_ds),
-            n_steps_epoch,
-            tcfg.num_epochs,
-        )
+        state, loop = steps.init(init_rng), checkpointing.LoopState(seed=config.seed)
     else:
         _, state, loop = restored
-        if loop.epoch >= tcfg.num_epochs or loop.stopped_early:
-            log.info(
-                "%s is finished (step %d, %d epochs%s): nothing to train",
-                workdir_path,
-                loop.step,
-                loop.epoch,
-                ", stopped early" if loop.stopped_early else "",
-            )
-        else:
-            loop_lib.log_resume(log, setup, loop)
+    loop_lib.log_start(log, setup, loop, resumed=restored is not None)
     clock.before = loop.wall_time_s  # wall time of the run's earlier processes
 
     def save(score: float | None = None) -> None:

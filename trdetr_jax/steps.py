@@ -1,0 +1,137 @@
+"""The compiled steps of a run: where they run, not what they compute.
+
+:mod:`trdetr_jax.train` defines what a step computes (the state, ``train_step``,
+``train_chunk``); :func:`compile_steps` jits those functions over a mesh with explicit
+shardings (parameters and optimiser state replicated, batches split over the ``'data'``
+axis, the state donated), applies the configured matmul precision, wraps them so they can
+gather their batch from feature tables resident on the device
+(:mod:`trdetr_jax.data.resident`), and adds the eval step of :mod:`trdetr_jax.inference`.
+:func:`cached` keeps the steps of recent runs of this process for reuse.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from trdetr_jax import inference, precision
+from trdetr_jax import loop as loop_lib
+from trdetr_jax.data import resident
+
+
+@dataclasses.dataclass
+class Steps:
+    """The jitted step functions of a run and the shardings they use."""
+
+    mesh: jax.sharding.Mesh
+    replicated: NamedSharding
+    batch_sharding: NamedSharding  # batch arrays: split over the mesh's data axis
+    state_sharding: Any
+    train: Any  # (state, batch, rng) -> (state, metrics); donates state
+    eval: Any  # (params, batch) -> outputs
+    init: Any  # (rng) -> state
+    abstract_state: Any  # ShapeDtypeStructs with shardings (restore target)
+    # (state, chunk [steps, rows, ...], rng) -> (state, metrics [steps]); donates state
+    train_chunk: Any = None
+    chunk_sharding: NamedSharding | None = None  # chunks: rows split over the data axis
+    # train / train_chunk / eval are resident.WithTables: .bind(tables) for batches of
+    # table rows (features resident on the device).
+
+    def for_run(self, train_res, eval_res, info) -> Steps:
+        """The steps a run calls: bound to its splits' resident feature tables (when the
+        features are on the device), each reporting the shapes it compiles for."""
+        train, chunk, evaluate = self.train, self.train_chunk, self.eval
+        if train_res is not None:
+            train, chunk = train.bind(train_res.tables), chunk.bind(train_res.tables)
+            evaluate = evaluate.bind(eval_res.tables)
+        return dataclasses.replace(
+            self,
+            train=loop_lib.log_new_shapes(train, "train step", info),
+            train_chunk=loop_lib.log_new_shapes(chunk, "train chunk", info, leading="steps"),
+            eval=loop_lib.log_new_shapes(evaluate, "eval step", info),
+        )
+
+
+def compile_steps(
+    mesh: jax.sharding.Mesh,
+    model,
+    batch_shapes: dict[str, jax.ShapeDtypeStruct],
+    *,
+    init_state: Callable[[dict[str, jax.Array], jax.Array], Any],
+    train_step: Callable[..., Any],
+    train_chunk: Callable[..., Any],
+    matmul_precision: str = precision.DEFAULT,
+) -> Steps:
+    """Jits init / train / train chunk / eval with explicit shardings over ``mesh``.
+
+    ``init_state(batch, rng) -> state``; ``train_step(state, batch, rng) -> (state,
+    metrics)``; ``train_chunk`` the same over stacked batches ``[steps, rows, ...]``.
+    ``batch_shapes``: global shapes of a batch (only used to initialise parameters, from
+    zeros: parameter shapes depend on the input shapes only). ``model``: for the eval step.
+    """
+    replicated = NamedSharding(mesh, P())
+    data = NamedSharding(mesh, P("data"))
+
+    def init_fn(rng):
+        zeros = {k: jnp.zeros(v.shape, v.dtype) for k, v in batch_shapes.items()}
+        return init_state(zeros, rng)
+
+    shapes = jax.eval_shape(init_fn, jax.random.key(0))
+    state_sharding = jax.tree.map(lambda _: replicated, shapes)
+    init = jax.jit(init_fn, in_shardings=replicated, out_shardings=state_sharding)
+    train = jax.jit(
+        resident.gathering(train_step),
+        in_shardings=(replicated, state_sharding, data, replicated),
+        out_shardings=(state_sharding, replicated),
+        donate_argnums=(1,),  # the state
+    )
+    chunk_sharding = NamedSharding(mesh, P(None, "data"))
+    chunk = jax.jit(
+        resident.gathering(train_chunk),
+        in_shardings=(replicated, state_sharding, chunk_sharding, replicated),
+        out_shardings=(state_sharding, replicated),
+        donate_argnums=(1,),
+    )
+    init, train, chunk = (
+        precision.with_matmul_precision(f, matmul_precision) for f in (init, train, chunk)
+    )
+    evaluate = inference.jit_eval_step(mesh, model, state_sharding.params, matmul_precision)
+    abstract = jax.tree.map(
+        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), shapes, state_sharding
+    )
+    return Steps(
+        mesh=mesh,
+        replicated=replicated,
+        batch_sharding=data,
+        state_sharding=state_sharding,
+        train=resident.WithTables(train),
+        eval=evaluate,
+        init=init,
+        abstract_state=abstract,
+        train_chunk=resident.WithTables(chunk),
+        chunk_sharding=chunk_sharding,
+    )
+
+
+# Jitted steps of recent runs in this process, so that running again with the same model,
+# losses, optimiser and shapes (a resumed run, a sweep over seeds, a notebook, the tests)
+# does not compile again. The train step holds a host callback (the matcher), so XLA's
+# persistent compilation cache cannot keep it across processes.
+_CACHE: dict[Hashable, Steps] = {}
+_CACHE_SIZE = 4
+
+
+def cached(key: Hashable, build: Callable[[], Steps]) -> Steps:
+    """The steps stored under ``key``, built by ``build()`` the first time (the oldest of
+    the ``_CACHE_SIZE`` kept is dropped)."""
+    if key not in _CACHE:
+        while len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = build()
+    return _CACHE[key]
