@@ -541,7 +541,11 @@ def main() -> None:
                    "default: config.train.dropout_prng)")  # fmt: skip
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="--pipeline: a config override, e.g. train.steps_per_dispatch=4")  # fmt: skip
-    p.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS (before JAX starts)")
+    p.add_argument(
+        "--xla-flags",
+        default="",
+        help="appended to XLA_FLAGS (before JAX starts); write --xla-flags=--flag=value",
+    )
     p.add_argument("--seeds", default=None, help="e.g. 1,2,4,8: time the K-seed step per K")
     args = p.parse_args()
     if args.xla_flags:
