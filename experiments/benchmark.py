@@ -468,11 +468,7 @@ def bench_seeds(args, config, mesh, steps, device_batches, single_step_s: float)
 
     steps_per_epoch = 7293 // args.batch_size
     train_fn = seeds.build_seeds_train_step(
-        mesh,
-        TRDETR(**model_kwargs_from_config(config)),
-        train.make_loss_fn(config, mesh),
-        train.lr_schedule(config, steps_per_epoch),
-        precision.of_config(config),
+        mesh, train.step_of_config(config, mesh, steps_per_epoch), precision.of_config(config)
     )
     replicated = NamedSharding(mesh, P())
     stacked = NamedSharding(mesh, P(None, "data"))

@@ -273,25 +273,17 @@ def seeds_train_step(
     return state, metrics, running & ~(member & ~finite)
 
 
-def build_seeds_train_step(
-    mesh: jax.sharding.Mesh,
-    model,
-    loss_fn,
-    schedule,
-    matmul_precision: str,
-):
-    """:func:`seeds_train_step` jitted over ``mesh``:
+def build_seeds_train_step(mesh: jax.sharding.Mesh, train_step, matmul_precision: str):
+    """:func:`seeds_train_step` of ``train_step`` (``(state, batch, rng) -> (state,
+    metrics)``, e.g. :func:`trdetr_jax.train.step_of_config`) jitted over ``mesh``:
     ``(state, batch, rngs, running, member) -> (state, metrics, running)``; state, keys and
     flags replicated, the stacked batch sharded ``P(None, 'data')``; donates the state."""
-    from trdetr_jax import precision, train
+    from trdetr_jax import precision
 
     replicated = NamedSharding(mesh, P())
     stacked_data = NamedSharding(mesh, P(None, "data"))
-    step = functools.partial(
-        train.train_step, model=model, loss_fn=loss_fn, schedule=schedule
-    )  # (state, batch, rng) -> (state, metrics)
     train_fn = jax.jit(
-        functools.partial(seeds_train_step, train_step=step),
+        functools.partial(seeds_train_step, train_step=train_step),
         in_shardings=(replicated, stacked_data, replicated, replicated, replicated),
         out_shardings=(replicated, replicated, replicated),
         donate_argnames=("state",),
@@ -392,22 +384,14 @@ def check_same_seeds(old_cfg: Mapping[str, Any], seeds: Sequence[int], workdir) 
 _SEEDS_STEPS_CACHE: dict[int, tuple[Any, Any]] = {}
 
 
-def cached_seeds_steps(config: ml_collections.ConfigDict, single, n_steps_epoch: int):
-    """:func:`build_seeds_train_step` for a config whose single-seed steps are ``single``."""
-    from trdetr_jax import precision, train
-    from trdetr_jax.model import TRDETR, model_kwargs_from_config
-
+def cached_seeds_steps(single, make_step: Callable[[], Any], matmul_precision: str):
+    """:func:`build_seeds_train_step` of ``make_step()`` for the run whose single-seed steps
+    are ``single``, reused while ``single`` is (the same config, mesh and shapes)."""
     entry = _SEEDS_STEPS_CACHE.get(id(single))
     if entry is None or entry[0] is not single:
         while len(_SEEDS_STEPS_CACHE) >= 4:
             _SEEDS_STEPS_CACHE.pop(next(iter(_SEEDS_STEPS_CACHE)))
-        train_fn = build_seeds_train_step(
-            single.mesh,
-            TRDETR(**model_kwargs_from_config(config)),
-            train.make_loss_fn(config, single.mesh),
-            train.lr_schedule(config, n_steps_epoch),
-            precision.of_config(config),
-        )
+        train_fn = build_seeds_train_step(single.mesh, make_step(), matmul_precision)
         entry = _SEEDS_STEPS_CACHE[id(single)] = (single, train_fn)
     return entry[1]
 
@@ -425,8 +409,15 @@ def train_and_evaluate_seeds(
     workdir: str,
     *,
     devices: Sequence[jax.Device] | None = None,
+    single_steps: Callable[..., Any],
+    step_of_config: Callable[..., Any],
 ) -> dict[str, Any]:
     """Trains the config's seeds at once (module docstring); resumes from ``workdir``.
+
+    Called by :func:`trdetr_jax.train.train_and_evaluate` for a config of several seeds,
+    which passes its step functions: ``single_steps(config, mesh, n_steps_epoch,
+    batch_shapes)`` (the single-seed steps: init, eval, shardings) and
+    ``step_of_config(config, mesh, n_steps_epoch)`` (the train step to vmap).
 
     The checks before the workdir is touched, the resume (newest readable checkpoint,
     unreadable ones set aside) and the logging are those of
@@ -437,7 +428,7 @@ def train_and_evaluate_seeds(
 
     from absl import logging
 
-    from trdetr_jax import checkpointing, evaluation, files, runlog, train
+    from trdetr_jax import checkpointing, evaluation, files, precision, runlog
 
     clock = loop_lib.Clock()
     try:
@@ -452,11 +443,15 @@ def train_and_evaluate_seeds(
     config, tcfg, workdir_path, mesh = setup.config, setup.config.train, setup.workdir, setup.mesh
     train_ds, eval_ds, n_steps_epoch = setup.train_ds, setup.eval_ds, setup.n_steps_epoch
     total_steps, new_cfg = setup.total_steps, setup.new_cfg
-    single = train.cached_steps(
+    single = single_steps(
         config, mesh, n_steps_epoch, data_lib.abstract_batch(train_ds, tcfg.batch_size)
     )
     mesh_lib.check_process_rows(single.batch_sharding, tcfg.batch_size)
-    train_fn = cached_seeds_steps(config, single, n_steps_epoch)
+    train_fn = cached_seeds_steps(
+        single,
+        lambda: step_of_config(config, mesh, n_steps_epoch),
+        precision.of_config(config),
+    )
     replicated = single.replicated
     stacked_data = NamedSharding(mesh, P(None, "data"))
     # Each seed's two streams, as its single run splits them.

@@ -148,6 +148,21 @@ def train_step(
     return new_state, metrics
 
 
+def step_of_config(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, n_steps_epoch: int
+) -> Any:
+    """:func:`train_step` of the config's model, objective and schedule:
+    ``(state, batch, rng) -> (state, metrics)`` (vmapped by :mod:`trdetr_jax.seeds`)."""
+    from trdetr_jax.model import TRDETR, model_kwargs_from_config
+
+    return functools.partial(
+        train_step,
+        model=TRDETR(**model_kwargs_from_config(config)),
+        loss_fn=make_loss_fn(config, mesh),
+        schedule=lr_schedule(config, n_steps_epoch),
+    )
+
+
 def train_chunk(
     state: TrainState,
     batches: dict[str, jax.Array],
@@ -251,7 +266,13 @@ def train_and_evaluate(
     Returns the run summary (also printed as a table and written to ``summary.json``).
     """
     if seeds_lib.is_multi_seed(config):
-        return seeds_lib.train_and_evaluate_seeds(config, workdir, devices=devices)
+        return seeds_lib.train_and_evaluate_seeds(
+            config,
+            workdir,
+            devices=devices,
+            single_steps=cached_steps,
+            step_of_config=step_of_config,
+        )
     clock = loop_lib.Clock()
     setup = loop_lib.prepare(config, workdir, devices, check_saved=_check_single_seed(config.seed))
     config, tcfg, workdir_path = setup.config, setup.config.train, setup.workdir
