@@ -63,7 +63,7 @@ from trdetr_jax.data import synthetic  # noqa: E402
 from trdetr_jax.model import TRDETR, model_inputs, model_kwargs_from_config  # noqa: E402
 
 # --dropout-prng: "key" draws the masks from the step's own key (threefry2x32); without the
-# flag the config's train.dropout_prng (default philox2x32) is used.
+# flag the config's train.dropout_prng ('' by default: the step key) is used.
 DROPOUT_PRNGS = ("threefry4x32", "philox4x32", "philox2x32", "rbg", "unsafe_rbg", "key")
 
 

@@ -55,6 +55,7 @@ from trdetr_jax import data as data_lib
 from trdetr_jax import inference
 from trdetr_jax import loop as loop_lib
 from trdetr_jax import mesh as mesh_lib
+from trdetr_jax import steps as steps_lib
 from trdetr_jax.errors import RunError
 
 Batch = dict[str, np.ndarray]
@@ -381,19 +382,18 @@ def check_same_seeds(old_cfg: Mapping[str, Any], seeds: Sequence[int], workdir) 
 
 # Jitted seed steps of recent runs, beside the single-seed steps they are built with
 # (``train.cached_steps``): ``id(single steps) -> (single steps, train step)``.
-_SEEDS_STEPS_CACHE: dict[int, tuple[Any, Any]] = {}
+_SEEDS_STEPS_CACHE = steps_lib.Recent(4)
 
 
 def cached_seeds_steps(single, make_step: Callable[[], Any], matmul_precision: str):
     """:func:`build_seeds_train_step` of ``make_step()`` for the run whose single-seed steps
     are ``single``, reused while ``single`` is (the same config, mesh and shapes)."""
-    entry = _SEEDS_STEPS_CACHE.get(id(single))
-    if entry is None or entry[0] is not single:
-        while len(_SEEDS_STEPS_CACHE) >= 4:
-            _SEEDS_STEPS_CACHE.pop(next(iter(_SEEDS_STEPS_CACHE)))
-        train_fn = build_seeds_train_step(single.mesh, make_step(), matmul_precision)
-        entry = _SEEDS_STEPS_CACHE[id(single)] = (single, train_fn)
-    return entry[1]
+    _, train_fn = _SEEDS_STEPS_CACHE.get(
+        id(single),
+        lambda: (single, build_seeds_train_step(single.mesh, make_step(), matmul_precision)),
+        valid=lambda entry: entry[0] is single,  # not another object at a reused id
+    )
+    return train_fn
 
 
 def _status(loop, failed: str | None, num_epochs: int) -> str:

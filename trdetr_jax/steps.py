@@ -119,19 +119,34 @@ def compile_steps(
     )
 
 
+class Recent:
+    """The values of the ``size`` most recently stored keys (the oldest is dropped first)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: dict[Hashable, Any] = {}
+
+    def get(
+        self, key: Hashable, build: Callable[[], Any], valid: Callable[[Any], bool] = lambda v: True
+    ) -> Any:
+        """The value stored under ``key`` while ``valid(value)``, else ``build()``, stored."""
+        if key in self._items and valid(self._items[key]):
+            return self._items[key]
+        self._items.pop(key, None)
+        while len(self._items) >= self.size:
+            self._items.pop(next(iter(self._items)))
+        value = self._items[key] = build()
+        return value
+
+
 # Jitted steps of recent runs in this process, so that running again with the same model,
 # losses, optimiser and shapes (a resumed run, a sweep over seeds, a notebook, the tests)
 # does not compile again. The train step holds a host callback (the matcher), so XLA's
 # persistent compilation cache cannot keep it across processes.
-_CACHE: dict[Hashable, Steps] = {}
-_CACHE_SIZE = 4
+_CACHE = Recent(4)
 
 
 def cached(key: Hashable, build: Callable[[], Steps]) -> Steps:
-    """The steps stored under ``key``, built by ``build()`` the first time (the oldest of
-    the ``_CACHE_SIZE`` kept is dropped)."""
-    if key not in _CACHE:
-        while len(_CACHE) >= _CACHE_SIZE:
-            _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = build()
-    return _CACHE[key]
+    """The steps stored under ``key``, built by ``build()`` the first time (the steps of the
+    four most recent keys are kept)."""
+    return _CACHE.get(key, build)
