@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from trdetr_jax import losses, matcher
+from trdetr_jax import fused_threefry, losses, matcher
 from trdetr_jax.model import model_inputs
 
 OFFICIAL_LOSSES = losses.LossConfig()
@@ -28,7 +28,8 @@ OFFICIAL_LOSSES = losses.LossConfig()
 # over whole arrays, and the masks (~25 M draws per QVHighlights step) cost more than the
 # rest of the forward pass; threefry4x32 and philox2x32 are one fused elementwise kernel
 # (experiments/PROFILE.md). None (the default, ``config.train.dropout_prng = ''``): draw from
-# the step's key as given.
+# the step's key's own stream (threefry2x32, computed as one fused kernel by
+# trdetr_jax.fused_threefry: the same masks bit for bit, at the cost of the cheap generators).
 DROPOUT_PRNG = None
 DROPOUT_PRNGS = ("threefry2x32", "threefry4x32", "philox2x32", "philox4x32", "rbg", "unsafe_rbg")
 
@@ -75,12 +76,17 @@ def check_dropout_prng_on_mesh(value, mesh: jax.sharding.Mesh) -> None:
 
 
 def dropout_key(key: jax.Array, impl: str | None = DROPOUT_PRNG) -> jax.Array:
-    """The key the dropout layers draw from: ``key`` itself when ``impl`` is None or already
-    ``key``'s implementation, else a key of ``impl`` made from bits of ``key``."""
+    """The key the dropout layers draw from: ``key``'s own stream when ``impl`` is None or
+    already ``key``'s implementation, else a key of ``impl`` made from bits of ``key``.
+
+    ``key``'s own stream, for a threefry2x32 key, is drawn through
+    :data:`trdetr_jax.fused_threefry.IMPL`: the same key data and bit for bit the same masks,
+    computed by one fused kernel instead of JAX's rolled CPU loop."""
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.wrap_key_data(key)  # a raw uint32 key (jax.random.PRNGKey)
-    if impl is None or str(jax.random.key_impl(key)) == impl:
-        return key
+    own = str(jax.random.key_impl(key))
+    if impl is None or own == impl:
+        return fused_threefry.same_stream(key) if own == "threefry2x32" else key
     shape = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0, impl=impl))).shape
     return jax.random.wrap_key_data(jax.random.bits(key, shape, jnp.uint32), impl=impl)
 
