@@ -6,6 +6,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from _tiny_run import tiny_config
 
@@ -98,3 +99,66 @@ def test_bad_matmul_precision_is_one_clear_line(tmp_path, bad):
     assert "\n" not in msg
     assert "config.model.matmul_precision" in msg and "highest, tensorfloat32, bfloat16" in msg
     assert repr(bad) in msg
+
+
+def _bf16(x):
+    """``x`` rounded to bfloat16, as float64."""
+    return np.asarray(jnp.asarray(x).astype(jnp.bfloat16).astype(jnp.float32), np.float64)
+
+
+def test_bf16_dense_is_the_product_of_the_rounded_operands_and_so_is_its_gradient():
+    """The 'bfloat16' precision's definition (operands rounded to bfloat16, products summed
+    in float32), forward and backward, against the same product in float64."""
+    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (3, 20, 48), jnp.float32)
+    w = jax.random.normal(kw, (48, 24), jnp.float32) * 0.2
+    g = jax.random.normal(kg, (3, 20, 24), jnp.float32)
+    y, vjp = jax.vjp(precision.bf16_dense, x, w)
+    dx, dw = vjp(g)
+    assert y.dtype == dx.dtype == dw.dtype == jnp.float32
+    xb, wb, gb = _bf16(x), _bf16(w), _bf16(g)
+    np.testing.assert_allclose(np.asarray(y), xb @ wb, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dx), gb @ wb.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(dw), xb.reshape(-1, 48).T @ gb.reshape(-1, 24), rtol=1e-5, atol=1e-4
+    )
+    # and it is not the float32 product: the rounding shows
+    exact = np.asarray(x, np.float64) @ np.asarray(w, np.float64)
+    assert np.abs(np.asarray(y) - exact).max() > 1e-3
+
+
+def _dot_operand_types(stablehlo: str) -> set[str]:
+    """Element types of the operands of every dot_general ('f32', 'bf16', ...)."""
+    found = set()
+    for line in stablehlo.splitlines():
+        if "stablehlo.dot_general" in line:
+            sig = line.rsplit(":", 1)[-1]  # (tensor<..xT>, tensor<..xT>) -> tensor<..>
+            found.update(re.findall(r"tensor<(?:[\d?]+x)*([a-z]+\d+)>", sig.split("->")[0]))
+    return found
+
+
+@pytest.mark.parametrize("value", ["highest", "bfloat16"])
+def test_dense_layers_take_bfloat16_operands_under_the_bfloat16_precision(tmp_path, value):
+    """Under 'bfloat16' the model's Dense products (nearly all its FLOPs) get explicit
+    bfloat16 operands, which XLA's CPU backend runs on its bfloat16 units; the other
+    products stay float32 (with the precision preset) and 'highest' has no bfloat16."""
+    config = tiny_config(tmp_path)
+    config.model.matmul_precision = value
+    model = TRDETR(**model_kwargs_from_config(config))
+    inputs = _abstract_inputs()
+    params = jax.eval_shape(
+        lambda: model.init(
+            jax.random.key(0), **{k: jnp.zeros(v.shape, v.dtype) for k, v in inputs.items()}
+        )["params"]
+    )
+
+    def grad_of_scores(p, batch):
+        return jax.grad(
+            lambda p: jnp.sum(model.apply({"params": p}, **batch, train=False)["saliency_scores"])
+        )(p)
+
+    with precision.matmul_precision(value):
+        text = jax.jit(grad_of_scores).lower(params, inputs).as_text()
+    types = _dot_operand_types(text)
+    assert "f32" in types
+    assert ("bf16" in types) == (value == "bfloat16"), types

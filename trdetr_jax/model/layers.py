@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from trdetr_jax.precision import at_least_f32
+from trdetr_jax.precision import at_least_f32, dense_dot_general
 
 Dtype = Any
 
@@ -59,6 +59,7 @@ def torch_dense(
         param_dtype=param_dtype,
         kernel_init=kernel_init or torch_uniform(in_features),
         bias_init=nn.initializers.zeros if zero_bias else torch_uniform(in_features),
+        dot_general=dense_dot_general,
     )
 
 
