@@ -27,7 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from trdetr_jax import checkpointing, compile_cache, files, objective, rundir, runlog
+from trdetr_jax import checkpointing, compile_cache, files, objective, precision, rundir, runlog
 from trdetr_jax import data as data_lib
 from trdetr_jax import mesh as mesh_lib
 from trdetr_jax.errors import NonFiniteLossError, RunError
@@ -101,6 +101,7 @@ def prepare(
     mesh_lib.check_batch_size(tcfg.batch_size, mesh, "config.train.batch_size")
     try:
         objective.check_dropout_prng_on_mesh(tcfg.get("dropout_prng", ""), mesh)
+        precision.check_on_mesh(precision.of_config(config), mesh)
     except ValueError as e:
         raise RunError(str(e)) from None
     n_dev = mesh.devices.size

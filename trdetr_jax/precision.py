@@ -47,6 +47,20 @@ def check_matmul_precision(value: Any) -> str:
     return value
 
 
+def check_on_mesh(value: str, mesh: jax.sharding.Mesh) -> None:
+    """Raises ValueError for ``'bfloat16'`` on a mesh of several CPU devices: there XLA's CPU
+    backend (jaxlib 0.10) fails in the first step ("Algorithm not supported by the
+    ElementalIrEmitter: ALG_DOT_BF16_BF16_F32"; one CPU device and GPUs are fine)."""
+    n = mesh.devices.size
+    if check_matmul_precision(value) == "bfloat16" and n > 1:
+        if all(d.platform == "cpu" for d in mesh.devices.flat):
+            raise ValueError(
+                f"config.model.matmul_precision: 'bfloat16' cannot run on {n} CPU devices with "
+                f"this jaxlib {jax.__version__} (XLA's CPU backend fails on its dot algorithm "
+                "when the step is sharded); use one CPU device or 'highest'"
+            )
+
+
 def of_config(config) -> str:
     """``config.model.matmul_precision`` (validated); the default when the field is absent."""
     model = config.get("model") if hasattr(config, "get") else None
