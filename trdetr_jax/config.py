@@ -130,7 +130,8 @@ def get_base_config() -> config_dict.ConfigDict:
     model.dtype = "float32"
     # Precision of float32 matmuls in the compiled steps (trdetr_jax/precision.py):
     # 'highest' (true float32, as the official code), 'tensorfloat32' or 'bfloat16'
-    # (faster on recent GPUs, ~1e-3 / ~4e-3 relative error per product).
+    # (faster on recent GPUs, ~1e-3 / ~4e-3 relative error per product; 'bfloat16' also on
+    # CPUs with bfloat16 units such as AMX, one CPU device only).
     model.matmul_precision = "highest"
     config.model = model
 
@@ -192,11 +193,12 @@ def get_base_config() -> config_dict.ConfigDict:
     # at checkpoint steps and epoch ends. 1: one jitted call per step.
     train.steps_per_dispatch = 1
     # The dropout masks' bit generator: '' draws them from the step's dropout key
-    # (threefry2x32); a JAX PRNG name ('threefry4x32', 'philox2x32', ...) draws them from a
-    # key of that generator seeded by the step's key: the same Bernoulli masks in
-    # distribution, another (equally deterministic) stream, much cheaper on CPU, where JAX
-    # hashes threefry2x32 in a rolled loop (experiments/PROFILE.md). The philox generators
-    # cannot be partitioned over several devices with JAX 0.10 (refused before the run).
+    # (threefry2x32, computed as one fused kernel by trdetr_jax/fused_threefry.py: JAX's bits,
+    # without its rolled CPU loop); a JAX PRNG name ('threefry4x32', 'philox2x32', ...) draws
+    # them from a key of that generator seeded by the step's key: the same Bernoulli masks in
+    # distribution, another (equally deterministic) stream, no faster any more
+    # (experiments/PROFILE.md 2.1.2). The philox generators cannot be partitioned over
+    # several devices with JAX 0.10 (refused before the run).
     train.dropout_prng = ""
     # XLA's persistent compilation cache ('' = off): a rerun of the same config loads the eval
     # step, and with matcher='device' the train step, instead of compiling it (see

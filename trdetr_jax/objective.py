@@ -24,12 +24,11 @@ OFFICIAL_LOSSES = losses.LossConfig()
 # step)``, threefry2x32) can seed a key of another implementation, from which every dropout
 # layer then draws its masks: the same Bernoulli distribution as masks drawn from the step's
 # key (``jax.random.bernoulli`` in both cases), a different but equally deterministic stream
-# (a resumed run draws the same masks). Why: on CPU, JAX lowers threefry2x32 as a rolled loop
-# over whole arrays, and the masks (~25 M draws per QVHighlights step) cost more than the
-# rest of the forward pass; threefry4x32 and philox2x32 are one fused elementwise kernel
-# (experiments/PROFILE.md). None (the default, ``config.train.dropout_prng = ''``): draw from
-# the step's key's own stream (threefry2x32, computed as one fused kernel by
-# trdetr_jax.fused_threefry: the same masks bit for bit, at the cost of the cheap generators).
+# (a resumed run draws the same masks). None (the default, ``config.train.dropout_prng =
+# ''``): draw from the step's key's own stream, computed as one fused kernel by
+# trdetr_jax.fused_threefry (JAX's bits; JAX itself lowers threefry2x32 as a rolled loop on
+# CPU, which once made the masks cost more than the rest of the forward pass; with the fused
+# kernel the other generators are no cheaper, experiments/PROFILE.md 2.1.2).
 DROPOUT_PRNG = None
 DROPOUT_PRNGS = ("threefry2x32", "threefry4x32", "philox2x32", "philox4x32", "rbg", "unsafe_rbg")
 
