@@ -27,6 +27,15 @@ def _abstract_inputs():
     }
 
 
+def _abstract_params(model, inputs):
+    """Shapes and dtypes of ``model``'s parameters for the abstract ``inputs``."""
+    return jax.eval_shape(
+        lambda: model.init(
+            jax.random.key(0), **{k: jnp.zeros(v.shape, v.dtype) for k, v in inputs.items()}
+        )["params"]
+    )
+
+
 def _dot_precisions(stablehlo: str) -> list[str]:
     """The precision / algorithm attributes of every dot_general in a StableHLO module."""
     dots = [line for line in stablehlo.splitlines() if "stablehlo.dot_general" in line]
@@ -51,11 +60,7 @@ def test_eval_step_lowers_with_the_configured_precision(tmp_path, value, expecte
     assert precision.of_config(config) == (value or "highest")
     model = TRDETR(**model_kwargs_from_config(config))
     inputs = _abstract_inputs()
-    params = jax.eval_shape(
-        lambda: model.init(
-            jax.random.key(0), **{k: jnp.zeros(v.shape, v.dtype) for k, v in inputs.items()}
-        )["params"]
-    )
+    params = _abstract_params(model, inputs)
     step = inference.jit_eval_step(
         mesh_lib.make_mesh(jax.devices()[:1]), model, None, precision.of_config(config)
     )
@@ -146,11 +151,7 @@ def test_dense_layers_take_bfloat16_operands_under_the_bfloat16_precision(tmp_pa
     config.model.matmul_precision = value
     model = TRDETR(**model_kwargs_from_config(config))
     inputs = _abstract_inputs()
-    params = jax.eval_shape(
-        lambda: model.init(
-            jax.random.key(0), **{k: jnp.zeros(v.shape, v.dtype) for k, v in inputs.items()}
-        )["params"]
-    )
+    params = _abstract_params(model, inputs)
 
     def grad_of_scores(p, batch):
         return jax.grad(
