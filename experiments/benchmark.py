@@ -56,7 +56,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from trdetr_jax import data as data_lib  # noqa: E402
-from trdetr_jax import losses, objective, precision, train  # noqa: E402
+from trdetr_jax import losses, objective, optim, precision, train  # noqa: E402
 from trdetr_jax import mesh as mesh_lib  # noqa: E402
 from trdetr_jax.config import get_base_config  # noqa: E402
 from trdetr_jax.data import synthetic  # noqa: E402
@@ -565,15 +565,15 @@ def main() -> None:
     batches = [synthetic_batch(config, args.batch_size, rng) for _ in range(4)]
     shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batches[0].items()}
     steps_per_epoch = 7293 // args.batch_size  # QVHighlights train split
-    tx = train.make_optimizer(config, steps_per_epoch)
+    tx = optim.optimizer_of_config(config, steps_per_epoch)
     args.dropout_prng = args.dropout_prng or config.train.dropout_prng or "key"
-    loss_fn = with_dropout_prng(train.make_loss_fn(config, mesh), args.dropout_prng)
+    loss_fn = with_dropout_prng(objective.make_loss_fn(config, mesh=mesh), args.dropout_prng)
     steps = train.build_steps(
         mesh,
         TRDETR(**model_kwargs_from_config(config)),
         tx,
         loss_fn,
-        train.lr_schedule(config, steps_per_epoch),
+        optim.schedule_of_config(config, steps_per_epoch),
         shapes,
         matmul_precision=args.precision,
     )

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from _tiny_run import tiny_config
 
-from trdetr_jax import inference, precision, train
+from trdetr_jax import inference, optim, precision, train
 from trdetr_jax import mesh as mesh_lib
 from trdetr_jax.model import TRDETR, model_kwargs_from_config
 
@@ -79,12 +79,12 @@ def test_train_step_lowers_with_the_configured_precision(tmp_path):
     steps = train.build_steps(
         mesh,
         TRDETR(**model_kwargs_from_config(config)),
-        train.make_optimizer(config, 4),
+        optim.optimizer_of_config(config, 4),
         lambda params, model, batch, *, train, dropout_rng: (
             jnp.sum(model.apply({"params": params}, **batch, train=False)["saliency_scores"]),
             ({}, {}),
         ),
-        train.lr_schedule(config, 4),
+        optim.schedule_of_config(config, 4),
         inputs,
         precision.of_config(config),
     )

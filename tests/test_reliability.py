@@ -56,12 +56,12 @@ def partial(cache_dir):
                 raise Interrupt
             yield batch
 
-    data.train_batches = interrupted
+    data.train_batches = data.batching.train_batches = interrupted  # the loop reads the latter
     try:
         with pytest.raises(Interrupt):
             train.train_and_evaluate(config_of(cache_dir), str(workdir))
     finally:
-        data.train_batches = batches
+        data.train_batches = data.batching.train_batches = batches
     steps = checkpointing.RunCheckpoints(workdir / "checkpoints", read_only=True).candidate_steps()
     assert steps[0] == 9 and len(steps) == 2, steps
     return workdir

@@ -84,6 +84,7 @@ def interrupt_at(monkeypatch, call: int):
             yield batch
 
     monkeypatch.setattr(data, "train_batches", interrupted)
+    monkeypatch.setattr(data.batching, "train_batches", interrupted)  # the loop reads it there
 
 
 def assert_same_run(a, b):
@@ -185,6 +186,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(cache_dir, tmp_path
             yield batch, metas
 
     monkeypatch.setattr(data, "train_batches", poisoned)
+    monkeypatch.setattr(data.batching, "train_batches", poisoned)  # the loop reads it there
     config = run_config(cache_dir)
     config.data.features_on_device = "off"  # the poison goes into the host-collated features
     with pytest.raises(errors.NonFiniteLossError, match=r"loss became nan at step 6.*checkpoint"):

@@ -411,6 +411,7 @@ def interrupt_at(monkeypatch, call: int):
             yield batch
 
     monkeypatch.setattr(data, "train_batches", interrupted)
+    monkeypatch.setattr(data.batching, "train_batches", interrupted)  # the loop reads it there
     return Interrupt
 
 
@@ -459,6 +460,7 @@ def test_a_non_finite_seed_stops_and_the_others_go_on(runs, cache_dir, tmp_path,
             yield batch, metas
 
     monkeypatch.setattr(data, "train_batches", poisoned)
+    monkeypatch.setattr(data.batching, "train_batches", poisoned)  # the loop reads it there
     workdir = tmp_path / "run"
     result = train.train_and_evaluate(run_config(cache_dir, num_seeds=3), str(workdir))
     assert result["non_finite"] == [2018] and result["finished"] == [2017, 2019]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from _tiny_run import enable_compilation_cache, tiny_config
 
-from trdetr_jax import data, inference, runlog, train
+from trdetr_jax import data, inference, objective, optim, runlog, train
 from trdetr_jax import mesh as mesh_lib
 from trdetr_jax import steps as steps_lib
 from trdetr_jax.model import TRDETR, model_kwargs_from_config
@@ -38,7 +38,7 @@ def build(config, devices, *, count_traces: bool = True) -> Setup:
         steps = train.cached_steps(config, mesh, n_steps, data.abstract_batch(train_ds, bs))
         return Setup(config, steps, batches, [])
     traces = []
-    loss_fn = train.make_loss_fn(config, mesh)
+    loss_fn = objective.make_loss_fn(config, mesh=mesh)
 
     def counting_loss_fn(*args, **kwargs):
         traces.append(1)  # runs while tracing only
@@ -47,9 +47,9 @@ def build(config, devices, *, count_traces: bool = True) -> Setup:
     steps = train.build_steps(
         mesh,
         TRDETR(**model_kwargs_from_config(config)),
-        train.make_optimizer(config, n_steps),
+        optim.optimizer_of_config(config, n_steps),
         counting_loss_fn,
-        train.lr_schedule(config, n_steps),
+        optim.schedule_of_config(config, n_steps),
         data.abstract_batch(train_ds, bs),
     )
     return Setup(config, steps, batches, traces)
@@ -81,7 +81,7 @@ def run(setup: Setup, batches, n_steps: int):
 
 def test_a_few_steps_lower_the_loss(one_device):
     batch = mesh_lib.device_batch(one_device.batches[0], one_device.steps.batch_sharding)
-    loss_fn = train.make_loss_fn(one_device.config, one_device.steps.mesh)
+    loss_fn = objective.make_loss_fn(one_device.config, mesh=one_device.steps.mesh)
     model = TRDETR(**model_kwargs_from_config(one_device.config))
     eval_loss = jax.jit(lambda p, b: loss_fn(p, model, b, train=False)[0])
     state0 = one_device.steps.init(jax.random.key(0))

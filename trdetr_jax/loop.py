@@ -7,8 +7,9 @@
   whether the new config keeps what the checkpoints fix);
 - :func:`restore` / :func:`open_run`: the newest readable checkpoint; the run's
   ``config.json`` and logs once it goes ahead;
-- :func:`add_train_metrics` / :func:`log_train`: running means of the train metrics (kept in
-  the loop state, so a resumed run logs what an uninterrupted one would);
+- :class:`LateMetrics`, :func:`add_train_metrics` / :func:`log_train`: train metrics fetched
+  one dispatch late and checked, and their running means (kept in the loop state, so a
+  resumed run logs what an uninterrupted one would);
 - :func:`record_eval`: an evaluation's record, the best so far (its predictions written) and
   early stopping;
 - :func:`run_summary` / :func:`write_summary`: what a run reports at its end.
@@ -280,6 +281,50 @@ def log_train(
         epoch + 1,
         " ".join(f"{k}={v:.4g}" for k, v in summary.items()),
     )
+
+
+class LateMetrics:
+    """Train metrics fetched one dispatch late, so the host reads a dispatch's metrics while
+    the next one runs. Each step's loss is checked (:func:`check_finite`) and summed into the
+    loop state, shown on the progress bar and logged every ``log_every`` steps.
+
+    ``push`` after each dispatch (it drains the one before); ``drain`` before anything is
+    saved, so no state is saved whose loss was not checked.
+    """
+
+    def __init__(
+        self, log: runlog.RunLog, loop: checkpointing.LoopState, *, log_every: int, total_steps: int
+    ):
+        self.log, self.loop = log, loop
+        self.log_every, self.total_steps = log_every, total_steps
+        self._pending: tuple[int, Any, int] | None = None  # (last step, metrics, steps)
+        self._t_log = time.perf_counter()
+
+    def push(self, metrics: Any, *, last_step: int, n: int) -> None:
+        """A dispatch's metrics (scalars, or ``[n]`` for a chunk of ``n`` steps ending at
+        ``last_step``)."""
+        self.drain()
+        self._pending = (last_step, metrics, n)
+
+    def drain(self) -> None:
+        if self._pending is None:
+            return
+        last, metrics, n = self._pending
+        self._pending = None
+        metrics = jax.device_get(metrics)
+        stacked = np.ndim(metrics["loss"]) == 1
+        for i in range(n):
+            step = last - n + 1 + i
+            one = {k: v[i] for k, v in metrics.items()} if stacked else metrics
+            check_finite(one, step)
+            add_train_metrics(self.loop, one)
+            self.log.bar.update(step, f"loss {float(one['loss']):.4f}")
+            if step % self.log_every == 0 or step == self.total_steps:
+                now = time.perf_counter()
+                log_train(
+                    self.log, self.loop, step=step, epoch=self.loop.epoch, seconds=now - self._t_log
+                )
+                self._t_log = now
 
 
 # -------------------------------------------------------------------------- evaluation

@@ -301,3 +301,18 @@ def make_optimizer_from_config(
         grad_clip=float(config.optim.grad_clip),
         frozen=frozen,
     )
+
+
+def schedule_of_config(config, steps_per_epoch: int) -> StepLR:
+    """The config's StepLR by epoch, as the official code: ``lr * gamma ** (epoch // lr_drop)``."""
+    return step_lr_schedule(
+        config.optim.lr,
+        lr_drop_epochs=config.optim.lr_drop,
+        gamma=config.optim.lr_gamma,
+        steps_per_epoch=steps_per_epoch,
+    )
+
+
+def optimizer_of_config(config, steps_per_epoch: int) -> optax.GradientTransformation:
+    """Clipping + AdamW (frozen parameters as the official code), epoch-wise StepLR."""
+    return make_optimizer_from_config(config, schedule_of_config(config, steps_per_epoch))

@@ -24,7 +24,16 @@ from typing import Any
 import ml_collections
 import orbax.checkpoint as ocp
 
-from trdetr_jax import checkpointing, compile_cache, errors, files, inference, precision, train
+from trdetr_jax import (
+    checkpointing,
+    compile_cache,
+    errors,
+    files,
+    inference,
+    optim,
+    precision,
+    train,
+)
 from trdetr_jax import mesh as mesh_lib
 
 PARAMS_SUBDIR = "params"
@@ -156,7 +165,7 @@ def predict_rows(
     steps = train.build_steps(
         mesh,
         model,
-        train.make_optimizer(config, steps_per_epoch=1),
+        optim.optimizer_of_config(config, 1),
         loss_fn=None,
         schedule=None,
         batch_shapes=data_lib.abstract_batch(eval_ds, batch_size),

@@ -113,7 +113,7 @@ class Predictor:
         folder written by ``python -m trdetr_jax.official.convert``; config from
         ``DIR/config.json``. ``kwargs`` go to :class:`Predictor`."""
         from trdetr_jax import mesh as mesh_lib
-        from trdetr_jax import predict, train
+        from trdetr_jax import optim, predict, train
         from trdetr_jax.model import TRDETR, model_kwargs_from_config
 
         config = predict.load_config(directory)
@@ -130,7 +130,7 @@ class Predictor:
         steps = train.build_steps(
             mesh,
             TRDETR(**model_kwargs_from_config(config)),
-            train.make_optimizer(config, steps_per_epoch=1),  # shapes the restore target
+            optim.optimizer_of_config(config, 1),  # shapes the restore target
             loss_fn=None,
             schedule=None,
             batch_shapes={k: jax.ShapeDtypeStruct(v, np.float32) for k, v in shapes.items()},

@@ -150,6 +150,17 @@ def check_single_seed_dir(cfg: Mapping[str, Any], workdir) -> None:
         )
 
 
+def single_seed_resume_check(seed: int) -> Callable[[Mapping[str, Any], Any], None]:
+    """For a run of one seed (``loop.prepare``'s ``check_saved``): a workdir whose
+    checkpoints stack several seeds resumes only as a run of those seeds."""
+
+    def check(old_cfg: Mapping[str, Any], workdir) -> None:
+        if len(seeds_of_saved(old_cfg)) > 1:
+            check_same_seeds(old_cfg, (seed,), workdir)
+
+    return check
+
+
 def single_seed_config(cfg: Mapping[str, Any], seed: int) -> dict[str, Any]:
     """The ``config.json`` dict of seed ``seed``'s single run within a run's dict."""
     out = dict(cfg)

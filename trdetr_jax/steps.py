@@ -43,6 +43,13 @@ class Steps:
     # train / train_chunk / eval are resident.WithTables: .bind(tables) for batches of
     # table rows (features resident on the device).
 
+    def dispatcher(self, steps_per_dispatch: int) -> tuple[Any, NamedSharding, int]:
+        """``(step function, sharding of what it takes, its batch axis)``: the train step,
+        or with several steps per dispatch the chunk step (one ``lax.scan`` over a chunk)."""
+        if steps_per_dispatch == 1:
+            return self.train, self.batch_sharding, 0
+        return self.train_chunk, self.chunk_sharding, 1
+
     def for_run(self, train_res, eval_res, info) -> Steps:
         """The steps a run calls: bound to its splits' resident feature tables (when the
         features are on the device), each reporting the shapes it compiles for."""

@@ -41,7 +41,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from trdetr_jax import checkpointing, inference, precision, runlog
+from trdetr_jax import checkpointing, inference, losses, objective, optim, precision, runlog
 from trdetr_jax import data as data_lib
 from trdetr_jax import loop as loop_lib
 from trdetr_jax import mesh as mesh_lib
@@ -49,7 +49,7 @@ from trdetr_jax import seeds as seeds_lib
 from trdetr_jax import steps as steps_lib
 from trdetr_jax.data import resident
 from trdetr_jax.errors import RunError
-from trdetr_jax.model import model_inputs
+from trdetr_jax.model import TRDETR, model_inputs, model_kwargs_from_config
 
 Batch = dict[str, np.ndarray]
 
@@ -90,35 +90,6 @@ def create_train_state(
     )
 
 
-def lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
-    """StepLR by epoch, as the official code: ``lr * gamma ** (epoch // lr_drop)``."""
-    from trdetr_jax import optim
-
-    return optim.step_lr_schedule(
-        config.optim.lr,
-        lr_drop_epochs=config.optim.lr_drop,
-        gamma=config.optim.lr_gamma,
-        steps_per_epoch=steps_per_epoch,
-    )
-
-
-def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
-    """Clipping + AdamW (frozen parameters as the official code), epoch-wise StepLR."""
-    from trdetr_jax import optim
-
-    return optim.make_optimizer_from_config(config, lr_schedule(config, steps_per_epoch))
-
-
-def make_loss_fn(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
-    """``loss_fn(params, model, batch, *, train, dropout_rng) -> (total, (loss_dict, outputs))``.
-
-    ``mesh`` lets the host matcher run per batch shard rather than on a gathered batch.
-    """
-    from trdetr_jax import objective
-
-    return objective.make_loss_fn(config, mesh=mesh)
-
-
 # ----------------------------------------------------------------------------- steps
 
 
@@ -148,19 +119,24 @@ def train_step(
     return new_state, metrics
 
 
+def step_kwargs(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, n_steps_epoch: int
+) -> dict[str, Any]:
+    """What a config's :func:`train_step` closes over: its model, objective (``mesh`` lets
+    the host matcher run per batch shard) and learning-rate schedule."""
+    return dict(
+        model=TRDETR(**model_kwargs_from_config(config)),
+        loss_fn=objective.make_loss_fn(config, mesh=mesh),
+        schedule=optim.schedule_of_config(config, n_steps_epoch),
+    )
+
+
 def step_of_config(
     config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, n_steps_epoch: int
 ) -> Any:
-    """:func:`train_step` of the config's model, objective and schedule:
-    ``(state, batch, rng) -> (state, metrics)`` (vmapped by :mod:`trdetr_jax.seeds`)."""
-    from trdetr_jax.model import TRDETR, model_kwargs_from_config
-
-    return functools.partial(
-        train_step,
-        model=TRDETR(**model_kwargs_from_config(config)),
-        loss_fn=make_loss_fn(config, mesh),
-        schedule=lr_schedule(config, n_steps_epoch),
-    )
+    """:func:`train_step` of a config: ``(state, batch, rng) -> (state, metrics)`` (vmapped
+    by :mod:`trdetr_jax.seeds`)."""
+    return functools.partial(train_step, **step_kwargs(config, mesh, n_steps_epoch))
 
 
 def train_chunk(
@@ -213,9 +189,6 @@ def cached_steps(
 ) -> steps_lib.Steps:
     """:func:`build_steps` for a config, reusing the jitted steps of an identical earlier run
     of this process (:func:`trdetr_jax.steps.cached`)."""
-    from trdetr_jax import losses
-    from trdetr_jax.model import TRDETR, model_kwargs_from_config
-
     model_kwargs = model_kwargs_from_config(config)
     key = (
         tuple(d.id for d in mesh.devices.flat),
@@ -231,12 +204,10 @@ def cached_steps(
         key,
         lambda: build_steps(
             mesh,
-            TRDETR(**model_kwargs),
-            make_optimizer(config, n_steps_epoch),
-            make_loss_fn(config, mesh),
-            lr_schedule(config, n_steps_epoch),
-            batch_shapes,
-            precision.of_config(config),
+            tx=optim.optimizer_of_config(config, n_steps_epoch),
+            batch_shapes=batch_shapes,
+            matmul_precision=precision.of_config(config),
+            **step_kwargs(config, mesh, n_steps_epoch),
         ),
     )
 
@@ -274,7 +245,9 @@ def train_and_evaluate(
             step_of_config=step_of_config,
         )
     clock = loop_lib.Clock()
-    setup = loop_lib.prepare(config, workdir, devices, check_saved=_check_single_seed(config.seed))
+    setup = loop_lib.prepare(
+        config, workdir, devices, check_saved=seeds_lib.single_seed_resume_check(config.seed)
+    )
     config, tcfg, workdir_path = setup.config, setup.config.train, setup.workdir
     train_ds, eval_ds, n_steps_epoch = setup.train_ds, setup.eval_ds, setup.n_steps_epoch
     steps = cached_steps(
@@ -336,68 +309,38 @@ def train_and_evaluate(
 
     # ---- the loop.
     bar = log.bar = runlog.ProgressBar(setup.total_steps, loop.step)
-    # Metrics of the last dispatch, fetched one dispatch late: (last step, metrics, steps).
-    pending: tuple[int, Any, int] | None = None
-    t_log = time.perf_counter()
+    metrics_late = loop_lib.LateMetrics(
+        log, loop, log_every=tcfg.log_every_steps, total_steps=setup.total_steps
+    )
     per_dispatch = tcfg.steps_per_dispatch
-
-    def drain() -> None:
-        """Fetches the pending dispatch's metrics; checks each step's loss; logs."""
-        nonlocal pending, t_log
-        if pending is None:
-            return
-        last, metrics, n = pending
-        pending = None
-        metrics = jax.device_get(metrics)
-        for i in range(n):  # a chunk's metrics are [n], one row per step
-            step = last - n + 1 + i
-            one = metrics if per_dispatch == 1 else {k: v[i] for k, v in metrics.items()}
-            loop_lib.check_finite(one, step)
-            loop_lib.add_train_metrics(loop, one)
-            bar.update(step, f"loss {float(one['loss']):.4f}")
-            if step % tcfg.log_every_steps == 0 or step == setup.total_steps:
-                now = time.perf_counter()
-                loop_lib.log_train(log, loop, step=step, epoch=loop.epoch, seconds=now - t_log)
-                t_log = now
-
+    run, sharding, batch_axis = steps.dispatcher(per_dispatch)
     try:
         while loop.epoch < tcfg.num_epochs and not loop.stopped_early:
             epoch = loop.epoch
-            batches = (
-                b
-                for b, _ in data_lib.train_batches(
-                    train_ds,
-                    tcfg.batch_size,
-                    seed=config.seed,
-                    epoch=epoch,
-                    start_step=loop.batch_in_epoch,
-                    resident=train_res,
-                )
+            batches = data_lib.train_dispatches(
+                train_ds,
+                tcfg.batch_size,
+                epoch=epoch,
+                seed=config.seed,
+                start_step=loop.batch_in_epoch,
+                first_step=loop.step,
+                steps_per_dispatch=per_dispatch,
+                cut_every=tcfg.checkpoint_every_steps,
+                resident=train_res,
             )
-            if per_dispatch == 1:
-                run, sharding, batch_axis = steps.train, steps.batch_sharding, 0
-            else:  # several steps per dispatch: one lax.scan over each chunk
-                batches = data_lib.chunk_batches(
-                    batches,
-                    first_step=loop.step,
-                    size=per_dispatch,
-                    cut_every=tcfg.checkpoint_every_steps,
-                )
-                run, sharding, batch_axis = steps.train_chunk, steps.chunk_sharding, 1
             for batch in mesh_lib.prefetch_to_devices(
                 batches, sharding, config.data.prefetch_depth, batch_axis=batch_axis
             ):
                 n = 1 if per_dispatch == 1 else batch["example_mask"].shape[0]
                 state, metrics = run(state, batch, dropout_rng)
-                drain()  # previous dispatch's metrics, while this one runs
                 loop.step += n
                 loop.batch_in_epoch += n
-                pending = (loop.step, metrics, n)
+                metrics_late.push(metrics, last_step=loop.step, n=n)  # drains the previous
                 end_of_epoch = loop.batch_in_epoch == n_steps_epoch
                 if not end_of_epoch and loop.step % tcfg.checkpoint_every_steps == 0:
-                    drain()  # never save a state whose loss was not checked
+                    metrics_late.drain()  # never save a state whose loss was not checked
                     save()
-            drain()
+            metrics_late.drain()
             loop.epoch, loop.batch_in_epoch = epoch + 1, 0
             is_last = loop.epoch == tcfg.num_epochs
             if loop.epoch % tcfg.eval_every_epochs == 0 or is_last:
@@ -417,13 +360,3 @@ def train_and_evaluate(
     )
     loop_lib.write_summary(log, workdir_path, summary, runlog.summary_table(summary))
     return summary
-
-
-def _check_single_seed(seed: int):
-    """A workdir whose checkpoints stack several seeds resumes only as a run of those seeds."""
-
-    def check(old_cfg: dict[str, Any], workdir) -> None:
-        if len(seeds_lib.seeds_of_saved(old_cfg)) > 1:
-            seeds_lib.check_same_seeds(old_cfg, (seed,), workdir)
-
-    return check

@@ -32,6 +32,7 @@ from trdetr_jax.data.batching import (
     stack_batches,
     steps_per_epoch,
     train_batches,
+    train_dispatches,
 )
 from trdetr_jax.data.buckets import Buckets
 from trdetr_jax.data.dataset import (
@@ -73,4 +74,5 @@ __all__ = [
     "steps_per_epoch",
     "temporal_endpoint_feature",
     "train_batches",
+    "train_dispatches",
 ]

@@ -268,6 +268,35 @@ def abstract_batch(dataset: MomentDataset, batch_size: int) -> dict[str, jax.Sha
     }
 
 
+def train_dispatches(
+    dataset: MomentDataset,
+    batch_size: int,
+    *,
+    epoch: int,
+    seed: int | None,
+    start_step: int,
+    first_step: int,
+    steps_per_dispatch: int,
+    cut_every: int,
+    resident=None,
+) -> Iterator[Batch]:
+    """This process's batches of training epoch ``epoch`` from its step ``start_step`` on
+    (:func:`train_batches`), as the loop dispatches them: one by one, or with several steps
+    per dispatch stacked into chunks (:func:`chunk_batches`; ``first_step``: the global step
+    of the first one, ``cut_every``: the checkpoint interval)."""
+    batches = (
+        b
+        for b, _ in train_batches(
+            dataset, batch_size, epoch=epoch, seed=seed, start_step=start_step, resident=resident
+        )
+    )
+    if steps_per_dispatch == 1:
+        return batches
+    return chunk_batches(
+        batches, first_step=first_step, size=steps_per_dispatch, cut_every=cut_every
+    )
+
+
 def chunk_batches(batches: Iterable[Batch], *, first_step: int, size: int, cut_every: int):
     """Consecutive batches stacked into chunks ``[steps, rows, ...]`` of at most ``size`` steps.
 
