@@ -170,6 +170,7 @@ def test_the_fused_stream_is_the_same_when_the_batch_is_sharded():
     np.testing.assert_array_equal(np.asarray(got), np.asarray(masked(np.ones(x.shape), key)))
 
 
+@pytest.mark.slow  # ~35 s on 2 cores; CI runs it with -m slow
 def test_the_training_loss_and_outputs_equal_those_of_jaxs_own_stream(monkeypatch):
     """The fused kernel changes how the default masks are computed, not what they are: a
     train-mode forward pass gives the loss and outputs of the masks drawn through JAX's own

@@ -173,6 +173,7 @@ def test_partial_checkpoint_is_never_picked_up(uninterrupted, cache_dir, tmp_pat
     ckpt.close()
 
 
+@pytest.mark.slow  # ~35 s on 2 cores; CI runs it with -m slow
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(cache_dir, tmp_path, monkeypatch):
     workdir = tmp_path / "run"
     batches = data.train_batches
