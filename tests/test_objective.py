@@ -159,7 +159,7 @@ def test_optimizer_freezes_what_the_official_code_never_updates(setup, use_match
     config = _config(use_matcher)
     tx = optim.make_optimizer_from_config(config, 1e-3)
     loss_fn = objective.make_loss_fn(config)
-    grads = jax.grad(lambda p: loss_fn(p, model, batch, train=False)[0])(params)
+    grads = jax.jit(jax.grad(lambda p: loss_fn(p, model, batch, train=False)[0]))(params)
     updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
     new = optax.apply_updates(params, updates)
 
