@@ -120,6 +120,67 @@ def test_bad_inputs_raise_data_errors_naming_the_field(config):
         pred.predict([a, b], q, audio_features=a)
 
 
+def test_duration_scales_long_videos_as_one_window_and_bad_values_are_refused(config):
+    rng = np.random.default_rng(2)
+    a, b = _long_video(rng, 40, slice(20, 24))  # 80 s at 2 s a clip
+    q = rng.normal(size=(5, 16)).astype(np.float32)
+    pred = Predictor(None, config, stride=6, forward=_stub_forward)
+    base = pred.predict([a, b], q)
+    assert pred.predict([a, b], q, duration=80.0) == base  # the default duration
+    # Half the duration: every moment at half its time (snapped to 2 s), none past the end,
+    # no pile-up of clamped copies.
+    half = pred.predict([a, b], q, duration=40.0)
+    assert half["pred_relevant_windows"][0][:2] == [20.0, 24.0]
+    assert all(0 <= st <= ed <= 40.0 for st, ed, _ in half["pred_relevant_windows"])
+    spans = [tuple(w[:2]) for w in half["pred_relevant_windows"]]
+    assert len(spans) == len(set(spans))
+    # A short video maps its spans onto the duration the same way.
+    a10, b10 = _long_video(rng, 10, slice(2, 5))
+    assert pred.predict([a10, b10], q, duration=40.0)["pred_relevant_windows"][0][:2] == [
+        8.0,
+        20.0,
+    ]
+    for bad in (-5.0, 0.0, float("nan"), float("inf"), "50", True):
+        with pytest.raises(DataError, match=r"duration: expected .* positive number"):
+            pred.predict([a, b], q, duration=bad)
+
+
+def test_query_and_video_array_types(config):
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(3)
+    a, b = _long_video(rng, 10, slice(2, 5))
+    q = rng.normal(size=(3, 16)).astype(np.float32)
+    pred = Predictor(None, config, forward=_stub_forward)
+    want = pred.predict([a, b], q)
+    assert pred.predict([jnp.asarray(a), b.tolist()], jnp.asarray(q)) == want
+    assert pred.predict([a, b], q.tolist()) == want
+    assert pred.predict([a, b], q[None]) == [want]  # [Q, N, D]: a list of queries
+    with pytest.raises(DataError, match=r"query_features: shape \(16,\), expected"):
+        pred.predict([a, b], q[0])
+    with pytest.raises(DataError, match="holds bool values"):
+        pred.predict([a, b], q > 0)
+    with pytest.raises(DataError, match=r"video_features\[0\] holds complex64 values"):
+        pred.predict([a + 0j, b], q)
+    with pytest.raises(DataError, match="not a rectangular array"):
+        pred.predict([a, b], [[1.0] * 16, [1.0] * 15])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"stride": 13}, r"stride: expected an integer in \[1, 12\]"),
+        ({"stride": 0}, r"stride: expected an integer in \[1, 12\]"),
+        ({"max_batch": 0}, r"max_batch: expected an integer >= 1"),
+        ({"merge_nms_thd": -1}, r"merge_nms_thd: expected a number in \[0.0, 1.0\]"),
+        ({"max_moments": 0}, r"max_moments: expected an integer >= 1"),
+    ],
+)
+def test_bad_predictor_options_are_refused(config, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Predictor(None, config, forward=_stub_forward, **kwargs)
+
+
 def _random_params(config):
     import jax
 

@@ -1,7 +1,7 @@
 """Moments and saliency for your own videos' features, from a trained or converted model.
 
     from trdetr_jax import Predictor
-    predictor = Predictor.load("runs/demo")  # a training workdir, or a converted folder
+    predictor = Predictor.load("workdir/demo")  # a training workdir, or a converted folder
     out = predictor.predict([clip_features], query_tokens)  # arrays as stored on disk
     out["pred_relevant_windows"]  # [[start_s, end_s, score], ...], best first
     out["pred_saliency_scores"]  # one score per clip
@@ -15,9 +15,11 @@ a batch of 1, 2, 4, ... rows, so each batch size compiles once.
 ``max_v_l`` clips, starting every ``stride`` clips (default ``max_v_l // 2``; the last
 window ends at the video's end). Each window is scored like a video of its own (its TEF runs
 over the window); its moments are snapped to clips inside the window (the ``'dataset'``
-post-processing), shifted to video time, and the moments of all windows are merged by
-temporal NMS (``merge_nms_thd``, hull IoU) keeping ``max_moments``. A clip's saliency is the
-mean of its scores over the windows that hold it.
+post-processing), shifted to video time, mapped onto ``[0, duration]`` as a single window's
+spans are (a moment at a fraction f of the clips ends up at f x ``duration``; a no-op for
+the default duration), snapped to ``clip_length`` again, and the moments of all windows are
+merged by temporal NMS (``merge_nms_thd``, hull IoU) keeping ``max_moments``. A clip's
+saliency is the mean of its scores over the windows that hold it.
 
 With ``model.compat='official'`` a row's outputs depend on its batch-mates (the padded
 lengths and the text-to-video mask quirk, :mod:`trdetr_jax.model.t2v`): each forward pass
@@ -91,11 +93,27 @@ class Predictor:
         data = config.data
         self.max_v_l, self.max_q_l = int(data.max_v_l), int(data.max_q_l)
         self.clip_length = float(data.clip_length)
-        self.stride = self.max_v_l // 2 if stride is None else int(stride)
-        window_starts(1, 1, self.stride)  # checks the stride
-        self.merge_nms_thd = float(merge_nms_thd)
-        self.max_batch = int(max_batch)
-        self.max_moments = int(config.eval.max_after_nms if max_moments is None else max_moments)
+        self.stride = (
+            max(1, self.max_v_l // 2)
+            if stride is None
+            else _int_in(
+                stride,
+                "stride",
+                1,
+                self.max_v_l,
+                f"clips between window starts; a window is config.data.max_v_l = "
+                f"{self.max_v_l} clips, so a larger stride would leave clips unscored",
+            )
+        )
+        self.merge_nms_thd = _float_in(merge_nms_thd, "merge_nms_thd", 0.0, 1.0)
+        self.max_batch = _int_in(max_batch, "max_batch", 1, None, "rows per forward pass")
+        self.max_moments = _int_in(
+            config.eval.max_after_nms if max_moments is None else max_moments,
+            "max_moments",
+            1,
+            None,
+            "moments per query",
+        )
         if forward is None:
             from trdetr_jax import inference
             from trdetr_jax.model import TRDETR, model_kwargs_from_config
@@ -147,22 +165,25 @@ class Predictor:
         audio_features: np.ndarray | None = None,
         duration: float | None = None,
     ) -> dict[str, list] | list[dict[str, list]]:
-        """Moments and saliency of one video for one query (``[N, Dt]`` array: one dict) or
-        a list of queries (a list of dicts, computed as one batch).
+        """Moments and saliency of one video for one query (a ``[N, Dt]`` NumPy or JAX
+        array, or nested lists: one dict) or several (a list of such queries, or a
+        ``[Q, N, Dt]`` array: a list of dicts, computed as one batch).
 
         ``video_features``: one ``[T, D]`` array per ``config.data.v_feat_dirs`` (a single
         array when there is one), as stored on disk (an ``rgb_opt`` source: its ``_rgb`` and
         ``_opt`` arrays concatenated on the feature axis); ``audio_features``: ``[T, Da]``,
-        required when the model uses audio. ``duration``: the video's length in seconds
-        (default: clips x ``clip_length``). Each dict holds ``pred_relevant_windows``
-        (``[[start, end, score], ...]`` in seconds, best first; empty for a model trained
-        without moment matching, e.g. TVSum) and ``pred_saliency_scores`` (one per clip).
+        required when the model uses audio. ``duration``: the video's length in seconds, a
+        positive number (default: clips x ``clip_length``); the model's spans are fractions
+        of the clips given, so they are scaled to it (as the evaluation scales them by an
+        annotation's duration), then snapped to ``clip_length`` and clamped to it. Short
+        moments can snap to zero length (a moment within one clip), as in the evaluation.
+        Each dict holds ``pred_relevant_windows`` (``[[start, end, score], ...]`` in
+        seconds, best first; empty for a model trained without moment matching, e.g. TVSum)
+        and ``pred_saliency_scores`` (one per clip).
         """
         sources, audio = self._check_video(video_features, audio_features)
-        single = isinstance(query_features, np.ndarray) and query_features.ndim == 2
-        queries = [query_features] if single else list(query_features)
-        if not queries:
-            raise DataError("query_features: expected at least one query, found none")
+        duration = _check_duration(duration)
+        single, queries = _split_queries(query_features)
         texts = [self._check_text(q, i) for i, q in enumerate(queries)]
         ctx_l = min(len(s) for s in sources + ([] if audio is None else [audio]))
         starts = window_starts(ctx_l, self.max_v_l, self.stride)
@@ -222,8 +243,12 @@ class Predictor:
     # ----------------------------------------------------------------- private
     def _check_video(self, video_features, audio_features):
         data = self.config.data
-        if isinstance(video_features, np.ndarray) and video_features.ndim == 2:
-            video_features = [video_features]
+        if _is_array(video_features) or (
+            isinstance(video_features, (list, tuple))
+            and video_features
+            and np.ndim(video_features[0]) == 1
+        ):
+            video_features = [video_features]  # one [T, D] array (or nested lists)
         video_features = list(video_features)
         dirs = list(data.v_feat_dirs)
         if len(video_features) != len(dirs):
@@ -329,6 +354,7 @@ class Predictor:
     def _merge(self, out, starts: list[int], ctx_l: int, duration: float) -> dict[str, list]:
         """Window rows -> one video's rows (see the module docstring)."""
         from trdetr_jax.evaluation.nms import temporal_nms
+        from trdetr_jax.evaluation.postprocess import snap_windows
 
         length = self.max_v_l * self.clip_length
         kwargs = dict(self._postprocess(), mode="dataset", nms_thd=None)
@@ -342,11 +368,16 @@ class Predictor:
             count[a : a + len(sal)] += 1
             offset = a * self.clip_length
             moments += [[st + offset, ed + offset, s] for st, ed, s in row["pred_relevant_windows"]]
+        # Clip time -> [0, duration]: the same mapping as one window's spans (fractions of
+        # the clips given, times ``duration``), then the dataset's snapping, then NMS.
+        scale = float(duration) / (ctx_l * self.clip_length)
+        moments = [[st * scale, ed * scale, s] for st, ed, s in moments]
+        moments = snap_windows(
+            moments, self.clip_length, float(duration), np.dtype(np.float64), clamp_after=True
+        )
         moments.sort(key=lambda w: w[2], reverse=True)
         if moments:
             moments = temporal_nms(moments, self.merge_nms_thd, self.max_moments)
-        end = float(duration)
-        moments = [[min(st, end), min(ed, end), s] for st, ed, s in moments]
         return {
             "pred_relevant_windows": moments,
             "pred_saliency_scores": (sal_sum / count).tolist(),
@@ -358,3 +389,64 @@ def _public(row: dict) -> dict[str, list]:
         "pred_relevant_windows": row.get("pred_relevant_windows", []),
         "pred_saliency_scores": row["pred_saliency_scores"],
     }
+
+
+def _is_array(x) -> bool:
+    """A NumPy or JAX array (anything with a shape), not a list of them."""
+    return hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def _split_queries(query_features) -> tuple[bool, list]:
+    """``(single, queries)``: one ``[N, D]`` query (an array or nested lists) or several (a
+    list of them, or a ``[Q, N, D]`` array)."""
+    if _is_array(query_features):
+        nd = len(query_features.shape)
+        if nd == 2:
+            return True, [query_features]
+        if nd == 3:
+            return False, list(query_features)
+        raise DataError(
+            f"query_features: shape {tuple(query_features.shape)}, expected [tokens, dim] "
+            "(one query) or [queries, tokens, dim]"
+        )
+    if not isinstance(query_features, (list, tuple)):
+        raise DataError(
+            f"query_features: expected an array [tokens, dim] or a list of them, found "
+            f"{type(query_features).__name__}"
+        )
+    if not query_features:
+        raise DataError("query_features: expected at least one query, found none")
+    if np.ndim(query_features[0]) == 1:  # nested lists of one query
+        return True, [query_features]
+    return False, list(query_features)
+
+
+def _check_duration(duration) -> float | None:
+    if duration is None:
+        return None
+    ok = isinstance(duration, (int, float, np.integer, np.floating)) and not isinstance(
+        duration, (bool, np.bool_)
+    )
+    if not ok or not np.isfinite(duration) or duration <= 0:
+        raise DataError(
+            f"duration: expected the video's length in seconds (a positive number), found "
+            f"{duration!r}"
+        )
+    return float(duration)
+
+
+def _int_in(value, name: str, lo: int, hi: int | None, what: str) -> int:
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if not ok or value < lo or (hi is not None and value > hi):
+        bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{name}: expected an integer {bound} ({what}), found {value!r}")
+    return int(value)
+
+
+def _float_in(value, name: str, lo: float, hi: float) -> float:
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    )
+    if not ok or not lo <= value <= hi:
+        raise ValueError(f"{name}: expected a number in [{lo}, {hi}], found {value!r}")
+    return float(value)

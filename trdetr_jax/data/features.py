@@ -64,7 +64,16 @@ def _read_array(path: str, key: str | None, what: str) -> np.ndarray:
 def check_array(arr, what: str, where: str) -> np.ndarray:
     """``arr`` as float32 ``[length, dim]`` (a leading batch axis of 1 dropped), finite and
     non-empty; DataError naming ``what`` and ``where`` (a file, or an argument) otherwise."""
-    arr = np.asarray(arr)
+    try:
+        arr = np.asarray(arr)
+    except ValueError as e:  # ragged nested lists
+        raise DataError(f"{what}: {where} is not a rectangular array ({e})") from None
+    # Not bool, complex, strings or objects; ml_dtypes' bfloat16 / float8 are kind "V".
+    if arr.dtype.kind not in "fiu" and "float" not in arr.dtype.name:
+        raise DataError(
+            f"{what}: {where} holds {arr.dtype} values, expected real numbers (a float or "
+            "integer array)"
+        )
     if arr.ndim == 3 and arr.shape[0] == 1:  # some extractors kept a batch axis
         arr = arr[0]
     if arr.ndim != 2:
