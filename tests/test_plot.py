@@ -76,4 +76,43 @@ def test_curves_figure_and_cli(tmp_path):
     args = ["query", "--preds", str(tmp_path / "p.jsonl"), "--gt", str(tmp_path / "g.jsonl")]
     assert plot.main([*args, "--qid", "7", "--out", str(tmp_path / "q.png")]) == 0
     assert (tmp_path / "q.png").read_bytes()[:4] == b"\x89PNG"
-    assert plot.main([*args, "--qid", "8", "--out", str(tmp_path / "x.png")]) == 2
+    assert plot.main([*args, "--qid", "8", "--out", str(tmp_path / "x.png")]) == 1
+    assert not (tmp_path / "x.png").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp files
+
+
+def test_curves_class_error_on_its_own_axis_and_eval_colours_distinct(tmp_path):
+    names = [f"m{i}" for i in range(13)]
+    records = [
+        {"type": "train", "step": 2, "loss": 2.0, "class_error": 80.0, "lr": 1e-3},
+        {"type": "eval", "step": 2, **{n: float(i) for i, n in enumerate(names)}},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    fig = plot.curves_figure(tmp_path / "metrics.jsonl")
+    train, _, evals, right = fig.axes
+    assert [ln.get_label() for ln in train.get_lines()] == ["loss"]
+    assert [ln.get_label() for ln in right.get_lines()] == ["class_error"]
+    assert list(right.get_lines()[0].get_ydata()) == [80.0]
+    styles = {(ln.get_color(), ln.get_linestyle()) for ln in evals.get_lines()}
+    assert len(evals.get_lines()) == 13 and len(styles) == 13
+
+
+def test_cli_errors_are_one_line_and_gt_takes_a_shipped_split(tmp_path, capsys):
+    out = str(tmp_path / "c.png")
+    assert plot.main(["run", "--workdir", str(tmp_path / "nope"), "--out", out]) == 1
+    assert capsys.readouterr().err.strip() == f"error: workdir {tmp_path / 'nope'} does not exist"
+    assert plot.main(["run", "--workdir", str(tmp_path), "--out", out]) == 1
+    assert "has no metrics.jsonl" in capsys.readouterr().err
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"type": "train", "step": 1, "loss": 1}))
+    bad_out = str(tmp_path / "no_dir" / "c.png")
+    assert plot.main(["run", "--workdir", str(tmp_path), "--out", bad_out]) == 1
+    assert "output folder does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # a usage error
+        plot.main(["query", "--preds", "p", "--qid", "1", "--clip-length", "0", "--out", out])
+    assert e.value.code == 2
+    # --gt DATASET:SPLIT reads the shipped file: qid 2579 of the QVHighlights val split.
+    pred = dict(PRED, qid=2579, pred_saliency_scores=[0.5] * 75)
+    (tmp_path / "p.jsonl").write_text(json.dumps(pred) + "\n")
+    args = ["query", "--preds", str(tmp_path / "p.jsonl"), "--gt", "qvhighlights:val"]
+    assert plot.main([*args, "--qid", "2579", "--out", str(tmp_path / "q.png")]) == 0
+    assert (tmp_path / "q.png").read_bytes()[:4] == b"\x89PNG"

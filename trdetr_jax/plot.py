@@ -1,18 +1,20 @@
 """Figures of what a model found, and of a run's curves (PNG; needs matplotlib).
 
-    python -m trdetr_jax.plot query --workdir runs/demo --qid 7 --out query.png
+    python -m trdetr_jax.plot query --workdir workdir/demo --qid 400 --out query.png
     python -m trdetr_jax.plot query --preds preds.jsonl --gt val.jsonl --qid 7 --out q.png
-    python -m trdetr_jax.plot run --workdir runs/demo --out curves.png
+    python -m trdetr_jax.plot run --workdir workdir/demo --out curves.png
 
-``query``: the paper's Fig. 2/3 view of one query: the predicted saliency per clip against
-the ground-truth saliency (mean annotator score of each relevant clip), and the top-k
-predicted moments (bars labelled with their scores) against the ground-truth windows; time
-in seconds. ``--workdir`` reads the run's ``best_<split>_preds.jsonl`` and its config's
-evaluation file. ``run``: the training losses, learning rate and every evaluation metric of
-``metrics.jsonl`` against the step.
+query: the paper's Fig. 2/3 view of one query: the predicted saliency per clip against the
+ground-truth saliency (mean annotator score of each relevant clip), and the top-k predicted
+moments (bars labelled with their scores) against the ground-truth windows; time in
+seconds. --workdir reads the run's best_<split>_preds.jsonl and its config's evaluation
+file; --gt also takes DATASET:SPLIT (a shipped annotation file, as in evaluate).
+run: the training losses (class_error on its own axis), learning rate and every
+evaluation metric of metrics.jsonl against the step.
 
-The figure functions return the matplotlib ``Figure`` (``matplotlib`` is the extra
-``plot``: ``pip install 'trdetr_jax[plot]'``).
+The figure functions return the matplotlib Figure (matplotlib is the extra "plot":
+pip install 'trdetr_jax[plot]'). Figures are written through a temporary file and a
+rename, so an interrupted run leaves no partial image.
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ def curves_figure(metrics_path: str | pathlib.Path):
     (labelled with its name) against the step."""
     plt = _pyplot()
     records = read_metrics(metrics_path)
-    fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=True)
+    fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
     panels = {"train": axes[0], "lr": axes[1], "eval": axes[2]}
     series: dict[tuple[str, str], tuple[list, list]] = {}
     for r in records:
@@ -129,19 +131,37 @@ def curves_figure(metrics_path: str | pathlib.Path):
                 xs, ys = series.setdefault((panel, name), ([], []))
                 xs.append(r["step"])
                 ys.append(float(value))
-    for (panel, name), (xs, ys) in sorted(series.items()):
-        panels[panel].plot(xs, ys, marker="." if panel == "eval" else None, label=name)
+    # class_error is a percentage (0-100): its own axis, so the losses are not flattened.
+    right = axes[0].twinx() if ("train", "class_error") in series else None
+    colours = plt.get_cmap("tab20").colors
+    styles = ("-", "--", ":", "-.")
+    for i, ((panel, name), (xs, ys)) in enumerate(sorted(series.items())):
+        ax = right if (panel, name) == ("train", "class_error") else panels[panel]
+        ax.plot(
+            xs,
+            ys,
+            marker="." if panel == "eval" else None,
+            label=name,
+            color=colours[i % len(colours)],
+            linestyle=styles[(i // len(colours)) % len(styles)],
+        )
+    if right is not None:
+        right.set_ylabel("class error (%)")
     for name, ax in (("training", axes[0]), ("learning rate", axes[1]), ("eval", axes[2])):
         ax.set_ylabel(name)
-        if ax.get_lines():
-            ax.legend(fontsize=6, ncol=3)
+        handles = ax.get_lines() + ([] if ax is not axes[0] or right is None else right.get_lines())
+        if handles:  # beside the axes, not over the data
+            ax.legend(handles=handles, fontsize=6, loc="upper left", bbox_to_anchor=(1.08, 1))
     axes[2].set_xlabel("step")
     fig.tight_layout()
     return fig
 
 
 def _rows_by_qid(path) -> dict[str, dict]:
-    return {str(r["qid"]): r for r in read_metrics(path)}
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    return {str(r["qid"]): r for r in read_metrics(path) if "qid" in r}
 
 
 def _workdir_paths(workdir: pathlib.Path) -> tuple[pathlib.Path, str, float]:
@@ -150,31 +170,86 @@ def _workdir_paths(workdir: pathlib.Path) -> tuple[pathlib.Path, str, float]:
 
     config = data_lib.resolve_config(predict.load_config(workdir))
     preds = workdir / f"best_{config.data.eval_split_name}_preds.jsonl"
+    if not preds.is_file():
+        raise FileNotFoundError(f"{workdir}: no {preds.name} yet (no evaluation has finished)")
     return preds, config.data.eval_path, float(config.data.clip_length)
 
 
+def save_figure(fig, out: str | pathlib.Path, *, dpi: int = 80) -> None:
+    """``fig`` to ``out`` (format from its suffix) through a temporary sibling and a rename."""
+    import os
+    import tempfile
+
+    out = pathlib.Path(out)
+    folder = out.parent if str(out.parent) else pathlib.Path(".")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"output folder does not exist: {folder}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix or ".png", dir=folder)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, found {text}")
+        return value
+
+    return parse
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trdetr_jax.plot", description=__doc__)
+    """Exit status 0, 1 for an input that cannot be plotted (one line on stderr), 2 for a
+    usage error."""
+    parser = argparse.ArgumentParser(
+        prog="python -m trdetr_jax.plot",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="what", required=True)
     q = sub.add_parser("query", help="predicted vs ground-truth saliency and moments")
     q.add_argument("--workdir", help="a training workdir (its best predictions and eval file)")
-    q.add_argument("--preds", help="prediction rows (.jsonl)")
-    q.add_argument("--gt", help="annotation rows (.jsonl)")
-    q.add_argument("--qid", required=True)
-    q.add_argument("--clip-length", type=float, default=None)
-    q.add_argument("--top-k", type=int, default=5)
-    q.add_argument("--out", required=True)
+    q.add_argument("--preds", help="prediction rows (.jsonl); overrides the workdir's")
+    q.add_argument(
+        "--gt", help="annotation rows (.jsonl) or DATASET:SPLIT; overrides the workdir's"
+    )
+    q.add_argument("--qid", required=True, help="the query to draw")
+    q.add_argument(
+        "--clip-length",
+        type=_positive(float),
+        default=None,
+        help="seconds per clip (default: the workdir's config, else 2)",
+    )
+    q.add_argument(
+        "--top-k", type=_positive(int), default=5, help="predicted moments to draw (default 5)"
+    )
+    q.add_argument("--out", required=True, help="image file (.png, .pdf, .svg)")
     r = sub.add_parser("run", help="training and evaluation curves of metrics.jsonl")
-    r.add_argument("--workdir", required=True)
-    r.add_argument("--out", required=True)
+    r.add_argument("--workdir", required=True, help="a training workdir (its metrics.jsonl)")
+    r.add_argument("--out", required=True, help="image file (.png, .pdf, .svg)")
     args = parser.parse_args(argv)
     try:
         if args.what == "run":
-            fig = curves_figure(pathlib.Path(args.workdir) / "metrics.jsonl")
+            metrics = pathlib.Path(args.workdir) / "metrics.jsonl"
+            if not metrics.is_file():
+                what = "has no metrics.jsonl" if metrics.parent.is_dir() else "does not exist"
+                raise FileNotFoundError(f"workdir {args.workdir} {what}")
+            fig = curves_figure(metrics)
         else:
+            from trdetr_jax.evaluate import resolve_gt
+
             clip_length = 2.0
             preds, gt_path = args.preds, args.gt
             if args.workdir:
+                if not pathlib.Path(args.workdir).is_dir():
+                    raise FileNotFoundError(f"workdir {args.workdir} does not exist")
                 wd_preds, wd_gt, clip_length = _workdir_paths(pathlib.Path(args.workdir))
                 preds, gt_path = preds or wd_preds, gt_path or wd_gt
             if preds is None:
@@ -182,17 +257,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows = _rows_by_qid(preds)
             if str(args.qid) not in rows:
                 raise ValueError(f"{preds}: no prediction for qid {args.qid}")
-            gt = _rows_by_qid(gt_path).get(str(args.qid)) if gt_path else None
+            gt = _rows_by_qid(resolve_gt(str(gt_path))).get(str(args.qid)) if gt_path else None
             fig = query_figure(
                 rows[str(args.qid)],
                 gt,
                 clip_length=args.clip_length or clip_length,
                 top_k=args.top_k,
             )
-        fig.savefig(args.out, dpi=80)
+        save_figure(fig, args.out)
     except (OSError, ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return 1
     print(f"wrote {args.out}")
     return 0
 
