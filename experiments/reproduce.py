@@ -235,7 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--feature-root", help="the dataset's feature folder")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--rows", help="comma-separated cells to run (default: all)")
-    parser.add_argument("--workdir-root", default="runs/reproduce")
+    parser.add_argument(
+        "--workdir-root", default="workdir/reproduce", help="one workdir per cell and seed"
+    )
+    parser.add_argument(
+        "--traceback", action="store_true", help="show the traceback of a failed run"
+    )
     parser.add_argument("--tiny", action="store_true", help="the built-in demo, tiny schedule")
     parser.add_argument("--cache-dir", help="--tiny: where the demo is generated")
     parser.add_argument("--dry-run", action="store_true", help="list the runs, train nothing")
@@ -249,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         cells = [c for c in cells if c.name in wanted]
     if not (args.tiny or args.dry_run or args.feature_root):
         parser.error("--feature-root is required (or --tiny for the built-in demo)")
+    from trdetr_jax import errors
+    from trdetr_jax.data import DataError
+
     results: dict[str, list[dict[str, Any]]] = {}
     for cell in cells:
         for seed in args.seeds:
@@ -257,7 +265,20 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"table {args.table} {cell.name} seed {seed}: configs/{config} "
                       f"{dict(cell.overrides)}")  # fmt: skip
                 continue
-            results.setdefault(cell.name, []).append(run_cell(cell, seed, args))
+            try:
+                got = run_cell(cell, seed, args)
+            except (errors.NonFiniteLossError, errors.RunError, DataError, OSError) as e:
+                if args.traceback:
+                    raise
+                from trdetr_jax.main import error_line
+
+                # As python -m trdetr_jax.main: one line naming what to fix.
+                print(
+                    f"error: table {args.table} {cell.name} seed {seed}: {error_line(e)}",
+                    file=sys.stderr,
+                )
+                return 1
+            results.setdefault(cell.name, []).append(got)
     print(format_table(args.table, results, cells))
     return 0
 

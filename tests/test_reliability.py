@@ -292,6 +292,14 @@ def test_config_key_typo_is_one_line(tmp_path):
     ]
 
 
+@pytest.mark.parametrize("override", [[], ["--config.train.num_epochs=2"]])
+def test_missing_config_file_is_one_line(tmp_path, override):
+    missing = tmp_path / "nope.py"
+    rc, err = run_main([f"--config={missing}", *override, f"--workdir={tmp_path / 'w'}"])
+    assert (rc, err) == (2, [f"error: --config: no such file: {missing}"])
+    assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.parametrize("case", ["batch-size-0", "workdir-under-a-file", "seed-refused"])
 def test_user_errors_of_main_are_one_line(partial, tmp_path, case):
     cache = f"--config.data.cache_dir={tmp_path / 'demo'}"

@@ -85,3 +85,13 @@ def test_tiny_ablation_row_runs_end_to_end(reproduce, tmp_path, capsys):
     assert reproduce.main(args) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"a | - / {want} |")
     assert not (tmp_path / "runs/table4/a/seed0/metrics.jsonl").exists()
+
+
+def test_a_run_that_cannot_start_is_one_line_naming_the_cell(reproduce, tmp_path, capsys):
+    root = tmp_path / "nope"
+    argv = ["--table", "1", "--rows", "SF+CLIP", "--feature-root", str(root)]
+    assert reproduce.main([*argv, "--workdir-root", str(tmp_path / "w")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"error: table 1 SF+CLIP seed 0: config.data.feature_root = {root} is not a directory"
+    ]

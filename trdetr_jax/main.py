@@ -111,9 +111,28 @@ def main(argv: list[str]) -> None:
         sys.exit(1)
 
 
+def config_path_arg(argv: list[str]) -> str | None:
+    """The ``--config`` file of ``argv`` (``--config=F`` or ``--config F``), without a
+    ``:arg`` suffix; None when not given."""
+    for i, a in enumerate(argv):
+        if a.startswith("--config="):
+            value = a.split("=", 1)[1]
+        elif a == "--config" and i + 1 < len(argv):
+            value = argv[i + 1]
+        else:
+            continue
+        return value.split(":", 1)[0]
+    return None
+
+
 def define_flags(argv: list[str]) -> None:
     """``--config``; ml_collections applies the ``--config.a.b=value`` overrides of
-    ``argv`` while defining it, so a mistyped key fails here: one line (status 2)."""
+    ``argv`` while defining it, so a mistyped key fails here: one line (status 2), as does
+    a config file that does not exist."""
+    path = config_path_arg(argv)
+    if path is not None and not pathlib.Path(path).is_file():
+        print(f"error: --config: no such file: {path}", file=sys.stderr)
+        sys.exit(2)
     try:
         config_flags.DEFINE_config_file(
             "config",
