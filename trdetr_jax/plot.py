@@ -9,8 +9,8 @@ ground-truth saliency (mean annotator score of each relevant clip), and the top-
 moments (bars labelled with their scores) against the ground-truth windows; time in
 seconds. --workdir reads the run's best_<split>_preds.jsonl and its config's evaluation
 file; --gt also takes DATASET:SPLIT (a shipped annotation file, as in evaluate).
-run: the training losses (class_error on its own axis), learning rate and every
-evaluation metric of metrics.jsonl against the step.
+run: the training losses (class_error on its own axis), learning rate (and grad_norm)
+and every evaluation metric of metrics.jsonl against the step.
 
 The figure functions return the matplotlib Figure (matplotlib is the extra "plot":
 pip install 'trdetr_jax[plot]'). Figures are written through a temporary file and a
@@ -110,10 +110,18 @@ def read_metrics(path: str | pathlib.Path) -> list[dict[str, Any]]:
     return records
 
 
+# Fields drawn on a right-hand axis of their own panel, so they do not flatten the others:
+# class_error is a percentage (0-100) beside losses of a few units; grad_norm shares the
+# learning-rate panel.
+RIGHT_AXIS = {("train", "class_error"): "class error (%)", ("lr", "grad_norm"): "grad norm"}
+
+
 def curves_figure(metrics_path: str | pathlib.Path):
-    """Training curves (every ``train`` field but ``lr`` / ``steps_per_sec``: axes 0; ``lr``:
-    axes 1) and evaluation metrics (axes 2) of a ``metrics.jsonl``, one line per field
-    (labelled with its name) against the step."""
+    """Curves of a ``metrics.jsonl`` against the step, one line per field, labelled with its
+    name: the training losses (axes 0; ``class_error`` on its right-hand axis), ``lr``
+    (axes 1; ``grad_norm`` on its right-hand axis) and every evaluation metric (axes 2).
+    Right-hand axes come after the three panels in ``fig.axes``; each panel's lines differ
+    in colour or style."""
     plt = _pyplot()
     records = read_metrics(metrics_path)
     fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
@@ -126,32 +134,37 @@ def curves_figure(metrics_path: str | pathlib.Path):
                 continue
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 continue
-            panel = "lr" if name == "lr" else kind
+            panel = "lr" if name in ("lr", "grad_norm") else kind
             if panel in panels:
                 xs, ys = series.setdefault((panel, name), ([], []))
                 xs.append(r["step"])
                 ys.append(float(value))
-    # class_error is a percentage (0-100): its own axis, so the losses are not flattened.
-    right = axes[0].twinx() if ("train", "class_error") in series else None
-    colours = plt.get_cmap("tab20").colors
+    right = {key: panels[key[0]].twinx() for key in RIGHT_AXIS if key in series}
+    colours = plt.get_cmap("tab10").colors
     styles = ("-", "--", ":", "-.")
-    for i, ((panel, name), (xs, ys)) in enumerate(sorted(series.items())):
-        ax = right if (panel, name) == ("train", "class_error") else panels[panel]
-        ax.plot(
-            xs,
-            ys,
-            marker="." if panel == "eval" else None,
-            label=name,
-            color=colours[i % len(colours)],
-            linestyle=styles[(i // len(colours)) % len(styles)],
-        )
-    if right is not None:
-        right.set_ylabel("class error (%)")
-    for name, ax in (("training", axes[0]), ("learning rate", axes[1]), ("eval", axes[2])):
-        ax.set_ylabel(name)
-        handles = ax.get_lines() + ([] if ax is not axes[0] or right is None else right.get_lines())
-        if handles:  # beside the axes, not over the data
-            ax.legend(handles=handles, fontsize=6, loc="upper left", bbox_to_anchor=(1.08, 1))
+    handles: dict[str, list] = {p: [] for p in panels}
+    for panel in panels:
+        names = sorted(n for p, n in series if p == panel)
+        for i, name in enumerate(names):
+            xs, ys = series[(panel, name)]
+            ax = right.get((panel, name), panels[panel])
+            (line,) = ax.plot(
+                xs,
+                ys,
+                marker="." if panel == "eval" else None,
+                label=name,
+                color=colours[i % len(colours)],
+                linestyle=styles[(i // len(colours)) % len(styles)],
+            )
+            handles[panel].append(line)
+    for key, ax in right.items():
+        ax.set_ylabel(RIGHT_AXIS[key])
+    for panel, label in (("train", "training"), ("lr", "learning rate"), ("eval", "eval")):
+        panels[panel].set_ylabel(label)
+        if handles[panel]:  # beside the axes, not over the data
+            panels[panel].legend(
+                handles=handles[panel], fontsize=6, loc="upper left", bbox_to_anchor=(1.08, 1)
+            )
     axes[2].set_xlabel("step")
     fig.tight_layout()
     return fig
