@@ -48,3 +48,33 @@ def test_single_step_metrics_are_scalars():
     with pytest.raises(NonFiniteLossError, match="became inf at step 7"):
         late.drain()
     assert state.log_count == 0
+
+
+class _Log:
+    bar = _Bar()
+
+    def record(self, record):
+        pass
+
+    def info(self, *args, **kwargs):
+        pass
+
+
+def test_an_evaluation_tying_the_best_leaves_the_best_checkpoint_kept(tmp_path):
+    import ml_collections
+
+    ckpt = checkpointing.RunCheckpoints(tmp_path / "checkpoints")
+    state = checkpointing.LoopState()
+    tcfg = ml_collections.ConfigDict({"best_metric": "R1", "max_es_cnt": -1})
+    paths = (tmp_path / "best.jsonl", tmp_path / "best_metrics.json")
+    for step, r1 in ((5, 0.0), (10, 0.0), (15, 2.0), (20, 2.0), (25, 1.0)):
+        state.step = step
+        loop.record_eval(
+            _Log(), state, {"brief": {"R1": r1}}, [], epoch=step, tcfg=tcfg, paths=paths
+        )
+        ckpt.save({"w": np.full(2, step, np.float32)}, state, score=loop.kept_score(state))
+        best = 5 if step < 15 else 15  # the first of equal scores is the best
+        assert state.best_step == best
+        assert ckpt.best_step() == best
+        assert sorted(ckpt.manager.all_steps()) == sorted({best, step})
+    ckpt.close()

@@ -12,9 +12,11 @@ train states stacked on a leading axis and a :class:`SeedsLoopState` (the run's 
 one :class:`LoopState` per seed) as ``loop``, unscored (its manager keeps the latest); each
 seed's own folder holds a manager of this layout for that seed alone.
 
-Checkpoints saved right after an evaluation carry ``metrics={'score': ...}``. The preservation
-policy keeps the newest checkpoint (``LatestN(1)``) and the best-scoring one (``BestN(1)``);
-everything else is deleted by Orbax after each save.
+Checkpoints saved right after an evaluation that is a new best carry
+``metrics={"score": ...}`` (one that only ties the best is saved unscored, so the first best,
+the step the run's summary names, stays). The preservation policy keeps the newest
+checkpoint (``LatestN(1)``) and the best-scoring one (``BestN(1)``); everything else is
+deleted by Orbax after each save.
 
 Atomicity: Orbax writes a step into a temporary directory and renames it only once every item
 is complete, and the manager lists finalised steps only. Saves here are synchronous (the train

@@ -388,6 +388,15 @@ def record_eval(
     return score
 
 
+def kept_score(loop: checkpointing.LoopState) -> float | None:
+    """The score to save with the checkpoint of an evaluation just recorded: its score when
+    it is the run's new best, else None. Only a strict improvement is a new best
+    (:func:`record_eval`), so an evaluation that ties the best is saved unscored and the
+    checkpoint manager keeps the earlier one, the step the summary names as best (ranking
+    both by score, it would keep the newer)."""
+    return loop.best_score if loop.best_step == loop.step else None
+
+
 # ----------------------------------------------------------------------------- summary
 
 

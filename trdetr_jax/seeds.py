@@ -568,11 +568,11 @@ def train_and_evaluate_seeds(
                 rows[k], eval_ds.gt_rows(), dataset=inference.eval_dataset_name(config)
             )
             lp = loop.loops[k]
-            score = loop_lib.record_eval(
+            loop_lib.record_eval(
                 log, lp, results, rows[k], epoch=epoch, tcfg=tcfg, paths=best[k], seed=s
             )
             running_host[k] = not lp.stopped_early
-            save_seed(k, score)
+            save_seed(k, loop_lib.kept_score(lp))
         log.info("evaluation of %d seeds: %.1fs", num, time.time() - t0)
 
     # ---- the loop.

@@ -344,7 +344,8 @@ def train_and_evaluate(
             loop.epoch, loop.batch_in_epoch = epoch + 1, 0
             is_last = loop.epoch == tcfg.num_epochs
             if loop.epoch % tcfg.eval_every_epochs == 0 or is_last:
-                save(run_eval(epoch))
+                run_eval(epoch)
+                save(loop_lib.kept_score(loop))
             elif is_last or loop.step % tcfg.checkpoint_every_steps == 0:
                 save()
     finally:
