@@ -22,7 +22,8 @@ def _write_jsonl(path, rows):
 
 
 def _qvh_row(qid, vid, n_clips, window=(2, 3)):
-    st, ed = window
+    ed = min(window[1], n_clips - 1)  # relevant clips inside the video
+    st = min(window[0], ed)
     return {
         "qid": qid,
         "query": f"query {qid}",

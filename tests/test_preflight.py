@@ -90,6 +90,17 @@ def _reverse(rows):
     rows[1]["relevant_windows"][0] = [ed, st]
 
 
+def _clip_id(c):
+    def edit(rows):
+        rows[0]["relevant_clip_ids"][0] = c
+
+    return edit
+
+
+def _two_scores(rows):
+    rows[1]["saliency_scores"] = [s[:2] for s in rows[1]["saliency_scores"]]
+
+
 # split, edit, line, what the message must say
 CASES = [
     ("val", _no_video, 4, r"video missing_video: feature file not found"),
@@ -103,6 +114,11 @@ CASES = [
     ("train", _set(0, saliency_scores=[["a", 2, 2]]), 1, r"'saliency_scores'\[0\] must be a"),
     ("train", _fractional_clip_id, 1, r"'relevant_clip_ids' must hold non-neg"),
     ("train", _set(0, relevant_windows=[[-9.0, -1.0]]), 1, r"lies outside \[0, duration"),
+    # Rows only the evaluation's ground-truth check refuses: a clip id past the video, two
+    # annotator scores for a clip (the evaluation would end the run after its first epochs).
+    ("val", _clip_id(200), 1, r"'relevant_clip_ids\[0\]': expected a clip index in \[0, "),
+    ("val", _two_scores, 2, r"'saliency_scores\[0\]': expected 3 annotator scores"),
+    ("train", _two_scores, 2, r"'saliency_scores\[0\]': expected 3 annotator scores"),
 ]
 
 
@@ -157,6 +173,10 @@ def test_odd_windows_are_clamped_with_one_warning(demo_root, tmp_path, caplog):
         train_ds, eval_ds = data_lib.build_datasets(config)  # checks (and clamps) the rows
     warnings = [r for r in caplog.records if "clamped" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].getMessage().startswith("4 annotated window(s)")
+    assert re.search(
+        r"first: .*train\.jsonl:1: field 'relevant_windows'\[0\] = \[-2\.0, 4\.0\] \(qid ",
+        warnings[0].getMessage(),
+    )
     for ds in (train_ds, eval_ds):
         assert ds.rows[0]["relevant_windows"] == [[0.0, 4.0]]
         assert ds.rows[1]["relevant_windows"] == [[2.0, ds.rows[1]["duration"]]]
@@ -189,3 +209,47 @@ def test_clean_data_passes_unchanged(demo_root, tmp_path):
     assert eval_ds.rows == rows_of(pathlib.Path(config.data.eval_path))
     checks.preflight(config.data, train_ds, eval_ds)  # again: nothing to report
     assert train_ds.rows == rows_of(pathlib.Path(config.data.train_path))
+
+
+def test_a_qid_in_both_splits_needs_the_same_query(demo_root, tmp_path, no_compile):
+    train_rows = rows_of(demo_root / "train.jsonl")
+
+    def borrow(query):
+        def edit(rows):
+            rows[1]["qid"] = train_rows[0]["qid"]
+            rows[1]["query"] = query
+
+        return edit
+
+    config = config_with(demo_root, tmp_path, val=borrow("another query"))
+    message = run_error(config, tmp_path / "workdir")
+    assert re.search(
+        rf"val\.jsonl:2: qid {train_rows[0]['qid']!r} is also .*train\.jsonl:1 with another "
+        r"query \('another query' vs ",
+        message,
+    ), message
+    config = config_with(demo_root, tmp_path, val=borrow(train_rows[0]["query"]))
+    data_lib.build_datasets(config)  # the same query: fine
+
+
+def test_windows_past_the_features_get_one_warning(demo_root, tmp_path, caplog):
+    def past(rows):
+        # Row 0's video holds `clips` clips of 2 s; a window well after them, inside the
+        # (enlarged) duration.
+        clips = int(
+            np.load(demo_root / "clip_features" / f"{rows[0]['vid']}.npz")["features"].shape[0]
+        )
+        rows[0]["duration"] = 4 * clips * 2
+        rows[0]["relevant_windows"] = [[clips * 2 + 4.0, clips * 2 + 8.0]]
+
+    config = config_with(demo_root, tmp_path, train=past)
+    with caplog.at_level(logging.WARNING):
+        data_lib.build_datasets(config)
+    found = [
+        r.getMessage() for r in caplog.records if "past the end of the video" in r.getMessage()
+    ]
+    assert len(found) == 1 and re.search(r"train\.jsonl:1: qid .*: a window ends at", found[0])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        data_lib.build_datasets(config_with(demo_root, tmp_path))
+    assert not [r for r in caplog.records if "past the end of the video" in r.getMessage()]

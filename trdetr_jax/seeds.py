@@ -439,7 +439,7 @@ def train_and_evaluate_seeds(
 
     from absl import logging
 
-    from trdetr_jax import checkpointing, evaluation, files, precision, runlog
+    from trdetr_jax import checkpointing, files, precision, runlog
 
     clock = loop_lib.Clock()
     try:
@@ -564,9 +564,7 @@ def train_and_evaluate_seeds(
         for k, s in enumerate(seeds):
             if not running_host[k]:
                 continue
-            results = evaluation.evaluate_submission(
-                rows[k], eval_ds.gt_rows(), dataset=inference.eval_dataset_name(config)
-            )
+            results = inference.score_rows(rows[k], eval_ds, config)
             lp = loop.loops[k]
             loop_lib.record_eval(
                 log, lp, results, rows[k], epoch=epoch, tcfg=tcfg, paths=best[k], seed=s

@@ -12,7 +12,16 @@ seconds, with every problem listed, rather than at the batch (or the evaluation)
   warning that counts them; ``config.data.strict`` refuses the run and lists them. A window
   with nothing left inside ``[0, duration]`` is an error;
 * every feature file of every row exists, is readable and has the configured width (file
-  headers only, :meth:`~trdetr_jax.data.features.FeatureStore.lengths`).
+  headers only, :meth:`~trdetr_jax.data.features.FeatureStore.lengths`);
+* the rows pass the evaluation's own ground-truth check
+  (:func:`~trdetr_jax.evaluation.validate.parse_ground_truth`: e.g. a relevant clip id past
+  the video, a clip without its 3 annotator scores), which scores the eval split after the
+  first epochs and would otherwise end the run there. Its first problem per split is listed;
+* a qid in both splits has the same query in both (text features are found by qid).
+
+One warning lists the rows whose windows end more than a clip past their video features
+(fewer clips than the duration says): usable, as officially, but their span targets lie
+past 1, which usually means a wrong ``clip_length`` or cut feature files.
 
 Problems are reported all at once, ``file:line``, qid, field and value, the first
 :data:`~trdetr_jax.data.annotations.MAX_LISTED` listed and the rest counted.
@@ -43,8 +52,13 @@ def _where(path: str, lines: list[int], index: int) -> str:
     return f"{path}:{lines[index]}" if index < len(lines) else f"{path} (row {index + 1})"
 
 
-def check_split(ds, path: str, *, strict: bool, domain: str | None = None) -> tuple[list[str], int]:
-    """``(problems, clamped)`` of one split; clamps odd windows in ``ds.rows`` unless strict.
+def check_split(
+    ds, path: str, *, strict: bool, domain: str | None = None
+) -> tuple[list[str], int, list[str]]:
+    """``(problems, clamped, uncovered)`` of one split (``clamped``: where each clamped
+    window is); clamps odd windows in ``ds.rows``
+    unless strict. ``uncovered``: rows whose windows end more than a clip past the end of
+    their features (see :func:`preflight`).
 
     Rows are matched to file lines by position (the reader keeps file order; a
     ``data_ratio`` subset is a prefix, TVSum keeps the rows of ``domain``).
@@ -52,7 +66,8 @@ def check_split(ds, path: str, *, strict: bool, domain: str | None = None) -> tu
     path = os.fspath(path)
     lines = _line_numbers(path, domain if ds.layout == "tvsum" else None)
     problems: list[str] = []
-    clamped = 0
+    uncovered: list[str] = []
+    clamped: list[str] = []
     seen: dict = {}
     for i, row in enumerate(ds.rows):
         where = _where(path, lines, i)
@@ -82,14 +97,75 @@ def check_split(ds, path: str, *, strict: bool, domain: str | None = None) -> tu
                     )
                 else:
                     fixed.append(inside)
-                    clamped += 1
+                    clamped.append(f"{where}: {field} (qid {qid!r})")
             if len(fixed) == len(windows) and fixed != windows:
                 ds.rows[i] = {**row, "relevant_windows": fixed}
         try:
-            ds.store.lengths(row["vid"], qid)
+            clips, _ = ds.store.lengths(row["vid"], qid)
         except DataError as e:
             problems.append(f"{where}: {e} (qid {qid!r})")
-    return problems, clamped
+            continue
+        # Span targets are fractions of the clips loaded (as officially): a window past the
+        # features' end gives a target past 1. (A video cut to max_v_l has its own warning.)
+        ends = [ed for _, ed in ds.rows[i].get("relevant_windows") or []]
+        covered = clips * ds.clip_length
+        if ds.layout != "tvsum" and clips < ds.max_v_l and ends:
+            if max(ends) > covered + ds.clip_length:
+                uncovered.append(
+                    f"{where}: qid {qid!r}, video {row['vid']}: a window ends at {max(ends)} s "
+                    f"but its features hold {clips} clips ({covered:g} s; duration "
+                    f"{row.get('duration')})"
+                )
+    # Where the evaluation's messages point (trdetr_jax.data.dataset.MomentDataset.gt_file).
+    ds.gt_source = path
+    ds.gt_lines = [lines[i] if i < len(lines) else i + 1 for i in range(len(ds.rows))]
+    problems += _evaluation_problems(ds)
+    return problems, clamped, uncovered
+
+
+def _shared_qids(train_ds, eval_ds) -> list[str]:
+    """A qid in both splits with two different queries: text features are found by qid, so
+    one of them would be read with the other's text. (The same query in both, e.g. scoring
+    the training split, is fine.)"""
+    first = {}
+    for row, line in zip(train_ds.rows, train_ds.gt_lines or []):
+        first.setdefault(row["qid"], (row.get("query"), line))
+    problems = []
+    for row, line in zip(eval_ds.rows, eval_ds.gt_lines or []):
+        hit = first.get(row["qid"])
+        if hit is not None and hit[0] is not None and row.get("query") is not None:
+            if hit[0] != row["query"]:
+                problems.append(
+                    f"{eval_ds.gt_source}:{line}: qid {row['qid']!r} is also "
+                    f"{train_ds.gt_source}:{hit[1]} with another query ({row['query']!r} vs "
+                    f"{hit[0]!r}); text features are found by qid, so both would read one file"
+                )
+    return problems
+
+
+def _evaluation_problems(ds) -> list[str]:
+    """The first row the evaluation's ground-truth check refuses (none when all pass); rows
+    repeating an earlier qid are left to the check above, rows without labels (a test split,
+    predicted but not scored) are not checked."""
+    from trdetr_jax.data.annotations import has_labels
+    from trdetr_jax.evaluation.errors import EvalInputError
+    from trdetr_jax.evaluation.io import JsonlFile
+    from trdetr_jax.evaluation.validate import parse_ground_truth
+
+    seen: set = set()
+    rows, lines = [], []
+    for row, line in zip(ds.gt_rows(), ds.gt_lines):
+        if row["qid"] not in seen and has_labels(row, ds.layout):
+            seen.add(row["qid"])
+            rows.append(row)
+            lines.append(line)
+    if not rows:
+        return []
+    try:
+        parse_ground_truth(JsonlFile(ds.gt_source, rows, lines), ds.layout)
+    except EvalInputError as e:
+        return [f"{e} (the evaluation refuses such rows)"]
+    return []
 
 
 def preflight(data, train_ds=None, eval_ds=None) -> None:
@@ -98,18 +174,34 @@ def preflight(data, train_ds=None, eval_ds=None) -> None:
     warning about clamped windows. :func:`~trdetr_jax.data.build_datasets` calls it."""
     strict = bool(data.get("strict", False))
     problems: list[str] = []
-    clamped = 0
+    uncovered: list[str] = []
+    clamped: list[str] = []
     for ds, path in ((train_ds, data.train_path), (eval_ds, data.eval_path)):
         if ds is None:
             continue
-        found, n = check_split(ds, path, strict=strict, domain=data.domain)
+        found, n, short = check_split(ds, path, strict=strict, domain=data.domain)
         problems += found
         clamped += n
+        uncovered += short
+    if train_ds is not None and eval_ds is not None:
+        problems += _shared_qids(train_ds, eval_ds)
     if problems:
         raise DataError(format_problems("the data cannot be used", problems))
+    if uncovered:
+        logging.warning(
+            "%s",
+            format_problems(
+                "annotated windows past the end of the video features (their span targets "
+                "lie past 1, as in the official code; check the features' clip length "
+                "(config.data.clip_length) and the durations)",
+                uncovered,
+                limit=5,
+            ),
+        )
     if clamped:
         logging.warning(
             "%d annotated window(s) start before 0 or end after the video's duration; clamped "
-            "to [0, duration] (--config.data.strict=True refuses such rows instead)",
-            clamped,
+            "to [0, duration] (--config.data.strict=True refuses such rows instead); first: %s",
+            len(clamped),
+            clamped[0],
         )

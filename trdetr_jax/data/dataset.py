@@ -50,6 +50,9 @@ class MomentDataset:
         self.has_audio = store.a_feat_dir is not None
         # Padded lengths of its batches (see trdetr_jax.data.buckets); default: the maxima.
         self.buckets = buckets_lib.no_buckets(max_v_l, max_q_l)
+        # The annotation file and each row's line in it (for messages), set by the pre-flight
+        # check (trdetr_jax.data.checks.check_split).
+        self.gt_source, self.gt_lines = "<ground truth>", None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -65,6 +68,14 @@ class MomentDataset:
     def gt_rows(self) -> list[dict]:
         """The annotation rows, as the evaluation metrics take them (ground truth)."""
         return [dict(r) for r in self.rows]
+
+    def gt_file(self):
+        """:meth:`gt_rows` with the annotation file's name and line numbers (set by the
+        pre-flight check), so evaluation messages point into the file."""
+        from trdetr_jax.evaluation.io import JsonlFile
+
+        lines = self.gt_lines or list(range(1, len(self.rows) + 1))
+        return JsonlFile(self.gt_source, self.gt_rows(), lines)
 
     def lengths(self, index: int) -> tuple[int, int]:
         """``(clips, tokens)`` of example ``index`` once loaded, from file headers alone."""
