@@ -292,6 +292,25 @@ def test_config_key_typo_is_one_line(tmp_path):
     ]
 
 
+def test_ctrl_c_is_one_line_saying_how_to_resume(tmp_path):
+    # The training itself interrupted at once (Ctrl-C): what main makes of it.
+    code = (
+        "import sys; from trdetr_jax import main, train\n"
+        "def interrupted(config, workdir): raise KeyboardInterrupt\n"
+        "train.train_and_evaluate = interrupted\n"
+        f"sys.argv = ['trdetr_jax.main', '--workdir={tmp_path / 'w'}']\n"
+        "main.run()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 130
+    assert proc.stderr.strip().splitlines() == [
+        f"interrupted: rerun the same command (--workdir={tmp_path / 'w'}) to resume from its "
+        "last checkpoint"
+    ]
+
+
 @pytest.mark.parametrize("override", [[], ["--config.train.num_epochs=2"]])
 def test_missing_config_file_is_one_line(tmp_path, override):
     missing = tmp_path / "nope.py"

@@ -98,17 +98,29 @@ def main(argv: list[str]) -> None:
     logging.get_absl_handler().addFilter(_OwnInfoOnly())
     from trdetr_jax import errors, train
     from trdetr_jax.data import DataError
+    from trdetr_jax.evaluation import EvalInputError
 
     workdir = FLAGS.workdir or default_workdir(FLAGS["config"].config_filename)
     try:
         train.train_and_evaluate(FLAGS.config, workdir)
-    except (errors.NonFiniteLossError, errors.RunError, DataError, OSError) as e:
+    except (errors.NonFiniteLossError, errors.RunError, DataError, EvalInputError, OSError) as e:
         # Errors the user acts on (bad data or settings, a diverged run, an unwritable
         # folder): one clear line on stderr, no traceback unless --traceback.
         if FLAGS.traceback:
             raise
         print(f"error: {error_line(e)}", file=sys.stderr, flush=True)
         sys.exit(1)
+    except KeyboardInterrupt:
+        if FLAGS.traceback:
+            raise
+        # Checkpoints are written whole or not at all: the last one is intact.
+        print(
+            f"interrupted: rerun the same command (--workdir={workdir}) to resume from its "
+            "last checkpoint",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(130)
 
 
 def config_path_arg(argv: list[str]) -> str | None:
