@@ -224,7 +224,7 @@ def test_a_qid_in_both_splits_needs_the_same_query(demo_root, tmp_path, no_compi
     config = config_with(demo_root, tmp_path, val=borrow("another query"))
     message = run_error(config, tmp_path / "workdir")
     assert re.search(
-        rf"val\.jsonl:2: qid {train_rows[0]['qid']!r} is also .*train\.jsonl:1 with another "
+        rf"val\.jsonl:2: qid {train_rows[0]['qid']!r} also appears at .*train\.jsonl:1 with another "
         r"query \('another query' vs ",
         message,
     ), message

@@ -136,7 +136,7 @@ def _shared_qids(train_ds, eval_ds) -> list[str]:
         if hit is not None and hit[0] is not None and row.get("query") is not None:
             if hit[0] != row["query"]:
                 problems.append(
-                    f"{eval_ds.gt_source}:{line}: qid {row['qid']!r} is also "
+                    f"{eval_ds.gt_source}:{line}: qid {row['qid']!r} also appears at "
                     f"{train_ds.gt_source}:{hit[1]} with another query ({row['query']!r} vs "
                     f"{hit[0]!r}); text features are found by qid, so both would read one file"
                 )
