@@ -171,7 +171,7 @@ def test_odd_windows_are_clamped_with_one_warning(demo_root, tmp_path, caplog):
     config = config_with(demo_root, tmp_path, train=_odd, val=_odd)
     with caplog.at_level(logging.WARNING):
         train_ds, eval_ds = data_lib.build_datasets(config)  # checks (and clamps) the rows
-    warnings = [r for r in caplog.records if "clamped" in r.getMessage()]
+    warnings = [r for r in caplog.records if "; clamped to [0, duration]" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].getMessage().startswith("4 annotated window(s)")
     assert re.search(
         r"first: .*train\.jsonl:1: field 'relevant_windows'\[0\] = \[-2\.0, 4\.0\] \(qid ",
@@ -252,4 +252,22 @@ def test_windows_past_the_features_get_one_warning(demo_root, tmp_path, caplog):
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         data_lib.build_datasets(config_with(demo_root, tmp_path))
-    assert not [r for r in caplog.records if "past the end of the video" in r.getMessage()]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_odd_saliency_labels_get_one_warning_each(demo_root, tmp_path, caplog):
+    def odd(rows):
+        d = rows[0]["duration"]
+        rows[0]["relevant_clip_ids"] = [0] + rows[0]["relevant_clip_ids"][1:]
+        rows[0]["relevant_windows"] = [[d - 4.0, d]]
+        rows[2]["saliency_scores"] = [[7, -1, 2]] * len(rows[2]["saliency_scores"])
+
+    config = config_with(demo_root, tmp_path, val=odd)
+    with caplog.at_level(logging.WARNING):
+        data_lib.build_datasets(config)
+    found = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(found) == 2, found
+    assert found[0].startswith("relevant clips outside every relevant window")
+    assert re.search(r"val\.jsonl:1: qid .*: clips \[0", found[0])
+    assert found[1].startswith("saliency scores outside the official 0-4 scale")
+    assert re.search(r"val\.jsonl:3: qid .*: scores from -1 to 7", found[1])

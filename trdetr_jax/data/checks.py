@@ -19,9 +19,11 @@ seconds, with every problem listed, rather than at the batch (or the evaluation)
   first epochs and would otherwise end the run there. Its first problem per split is listed;
 * a qid in both splits has the same query in both (text features are found by qid).
 
-One warning lists the rows whose windows end more than a clip past their video features
-(fewer clips than the duration says): usable, as officially, but their span targets lie
-past 1, which usually means a wrong ``clip_length`` or cut feature files.
+Usable but unusual rows get one warning per kind, listing the first few: windows ending more
+than a clip past their video's features (fewer clips than the duration says: their span
+targets lie past 1, as officially; usually a wrong ``clip_length`` or cut feature files);
+QVHighlights-layout relevant clips outside every relevant window, and saliency scores
+outside the official 0-4 scale (no row of the official files has either).
 
 Problems are reported all at once, ``file:line``, qid, field and value, the first
 :data:`~trdetr_jax.data.annotations.MAX_LISTED` listed and the rest counted.
@@ -54,11 +56,10 @@ def _where(path: str, lines: list[int], index: int) -> str:
 
 def check_split(
     ds, path: str, *, strict: bool, domain: str | None = None
-) -> tuple[list[str], int, list[str]]:
-    """``(problems, clamped, uncovered)`` of one split (``clamped``: where each clamped
-    window is); clamps odd windows in ``ds.rows``
-    unless strict. ``uncovered``: rows whose windows end more than a clip past the end of
-    their features (see :func:`preflight`).
+) -> tuple[list[str], list[str], dict[str, list[str]]]:
+    """``(problems, clamped, odd)`` of one split: ``clamped`` says where each clamped window
+    is (odd windows are clamped in ``ds.rows`` unless strict); ``odd``: usable but unusual
+    rows, by the headline of their warning (see the module docstring).
 
     Rows are matched to file lines by position (the reader keeps file order; a
     ``data_ratio`` subset is a prefix, TVSum keeps the rows of ``domain``).
@@ -66,7 +67,7 @@ def check_split(
     path = os.fspath(path)
     lines = _line_numbers(path, domain if ds.layout == "tvsum" else None)
     problems: list[str] = []
-    uncovered: list[str] = []
+    odd: dict[str, list[str]] = {}
     clamped: list[str] = []
     seen: dict = {}
     for i, row in enumerate(ds.rows):
@@ -111,16 +112,46 @@ def check_split(
         covered = clips * ds.clip_length
         if ds.layout != "tvsum" and clips < ds.max_v_l and ends:
             if max(ends) > covered + ds.clip_length:
-                uncovered.append(
+                odd.setdefault(PAST_FEATURES, []).append(
                     f"{where}: qid {qid!r}, video {row['vid']}: a window ends at {max(ends)} s "
                     f"but its features hold {clips} clips ({covered:g} s; duration "
                     f"{row.get('duration')})"
                 )
+        if ds.layout == "qvhighlights":
+            for headline, found in _odd_saliency(ds.rows[i], ds.clip_length):
+                odd.setdefault(headline, []).append(f"{where}: qid {qid!r}: {found}")
     # Where the evaluation's messages point (trdetr_jax.data.dataset.MomentDataset.gt_file).
     ds.gt_source = path
     ds.gt_lines = [lines[i] if i < len(lines) else i + 1 for i in range(len(ds.rows))]
     problems += _evaluation_problems(ds)
-    return problems, clamped, uncovered
+    return problems, clamped, odd
+
+
+PAST_FEATURES = (
+    "annotated windows past the end of the video features (their span targets lie past 1, "
+    "as in the official code; check the features' clip length (config.data.clip_length) and "
+    "the durations)"
+)
+OUTSIDE_WINDOWS = "relevant clips outside every relevant window (the official files have none)"
+SCORE_RANGE = "saliency scores outside the official 0-4 scale (HD metrics threshold at 2, 3, 4)"
+
+
+def _odd_saliency(row: dict, clip_length: float) -> list[tuple[str, str]]:
+    """QVHighlights saliency labels the official files never have (all 10,310 rows pass)."""
+    out = []
+    ids, scores = row.get("relevant_clip_ids") or [], row.get("saliency_scores") or []
+    windows = row.get("relevant_windows") or []
+    outside = [
+        c
+        for c in ids
+        if not any(st <= c * clip_length and (c + 1) * clip_length <= ed for st, ed in windows)
+    ]
+    if outside and windows:
+        out.append((OUTSIDE_WINDOWS, f"clips {outside[:5]} not inside {windows}"))
+    flat = [x for s in scores for x in s]
+    if any(x < 0 or x > 4 for x in flat):
+        out.append((SCORE_RANGE, f"scores from {min(flat)} to {max(flat)}"))
+    return out
 
 
 def _shared_qids(train_ds, eval_ds) -> list[str]:
@@ -171,33 +202,25 @@ def _evaluation_problems(ds) -> list[str]:
 def preflight(data, train_ds=None, eval_ds=None) -> None:
     """Checks the splits given (see the module docstring) against ``config.data``; raises
     one :class:`DataError` listing every problem found, or returns after at most one
-    warning about clamped windows. :func:`~trdetr_jax.data.build_datasets` calls it."""
+    warning per kind of odd row. :func:`~trdetr_jax.data.build_datasets` calls it."""
     strict = bool(data.get("strict", False))
     problems: list[str] = []
-    uncovered: list[str] = []
+    odd: dict[str, list[str]] = {}
     clamped: list[str] = []
     for ds, path in ((train_ds, data.train_path), (eval_ds, data.eval_path)):
         if ds is None:
             continue
-        found, n, short = check_split(ds, path, strict=strict, domain=data.domain)
+        found, where, odd_rows = check_split(ds, path, strict=strict, domain=data.domain)
         problems += found
-        clamped += n
-        uncovered += short
+        clamped += where
+        for headline, rows in odd_rows.items():
+            odd.setdefault(headline, []).extend(rows)
     if train_ds is not None and eval_ds is not None:
         problems += _shared_qids(train_ds, eval_ds)
     if problems:
         raise DataError(format_problems("the data cannot be used", problems))
-    if uncovered:
-        logging.warning(
-            "%s",
-            format_problems(
-                "annotated windows past the end of the video features (their span targets "
-                "lie past 1, as in the official code; check the features' clip length "
-                "(config.data.clip_length) and the durations)",
-                uncovered,
-                limit=5,
-            ),
-        )
+    for headline, rows in odd.items():
+        logging.warning("%s", format_problems(headline, rows, limit=5))
     if clamped:
         logging.warning(
             "%d annotated window(s) start before 0 or end after the video's duration; clamped "
