@@ -27,7 +27,15 @@ def json_default(x: Any) -> Any:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary sibling file and a rename.
+    """Writes ``text`` (UTF-8) to ``path`` through a temporary sibling file and a rename.
+
+    Raises ``FileNotFoundError`` naming the folder when it does not exist.
+    """
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Writes ``data`` to ``path`` through a temporary sibling file and a rename.
 
     Raises ``FileNotFoundError`` naming the folder when it does not exist.
     """
@@ -37,8 +45,8 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         raise FileNotFoundError(f"output folder does not exist: {folder}")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; the records are for everyone to read

@@ -75,7 +75,6 @@ def evaluate_split(
 
     Returns (metrics, submission rows); ``metrics['brief']`` holds the headline numbers.
     """
-
     rows = predict_split(eval_fn, data_sharding, params, eval_ds, config, batch_size, resident)
     return score_rows(rows, eval_ds, config), rows
 

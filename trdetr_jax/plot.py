@@ -189,23 +189,16 @@ def _workdir_paths(workdir: pathlib.Path) -> tuple[pathlib.Path, str, float]:
 
 
 def save_figure(fig, out: str | pathlib.Path, *, dpi: int = 80) -> None:
-    """``fig`` to ``out`` (format from its suffix) through a temporary sibling and a rename."""
-    import os
-    import tempfile
+    """``fig`` to ``out`` (format from its suffix, PNG without one), written atomically
+    (:func:`trdetr_jax.files.write_bytes_atomic`)."""
+    import io
+
+    from trdetr_jax import files
 
     out = pathlib.Path(out)
-    folder = out.parent if str(out.parent) else pathlib.Path(".")
-    if not folder.is_dir():
-        raise FileNotFoundError(f"output folder does not exist: {folder}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix or ".png", dir=folder)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format=out.suffix[1:] or "png")
+    files.write_bytes_atomic(out, buf.getvalue())
 
 
 def _positive(kind):

@@ -243,11 +243,7 @@ class Predictor:
     # ----------------------------------------------------------------- private
     def _check_video(self, video_features, audio_features):
         data = self.config.data
-        if _is_array(video_features) or (
-            isinstance(video_features, (list, tuple))
-            and video_features
-            and np.ndim(video_features[0]) == 1
-        ):
+        if _is_array(video_features) or _nested_rows(video_features):
             video_features = [video_features]  # one [T, D] array (or nested lists)
         video_features = list(video_features)
         dirs = list(data.v_feat_dirs)
@@ -396,6 +392,12 @@ def _is_array(x) -> bool:
     return hasattr(x, "shape") and hasattr(x, "dtype")
 
 
+def _nested_rows(x) -> bool:
+    """A list of rows of numbers (one ``[N, D]`` array as nested lists), not a list of
+    arrays."""
+    return isinstance(x, (list, tuple)) and bool(x) and np.ndim(x[0]) == 1
+
+
 def _split_queries(query_features) -> tuple[bool, list]:
     """``(single, queries)``: one ``[N, D]`` query (an array or nested lists) or several (a
     list of them, or a ``[Q, N, D]`` array)."""
@@ -416,18 +418,20 @@ def _split_queries(query_features) -> tuple[bool, list]:
         )
     if not query_features:
         raise DataError("query_features: expected at least one query, found none")
-    if np.ndim(query_features[0]) == 1:  # nested lists of one query
+    if _nested_rows(query_features):  # one query as nested lists
         return True, [query_features]
     return False, list(query_features)
+
+
+def _is_real(x, kinds=(int, float, np.integer, np.floating)) -> bool:
+    """A Python or NumPy number of ``kinds``, not a bool."""
+    return isinstance(x, kinds) and not isinstance(x, (bool, np.bool_))
 
 
 def _check_duration(duration) -> float | None:
     if duration is None:
         return None
-    ok = isinstance(duration, (int, float, np.integer, np.floating)) and not isinstance(
-        duration, (bool, np.bool_)
-    )
-    if not ok or not np.isfinite(duration) or duration <= 0:
+    if not _is_real(duration) or not np.isfinite(duration) or duration <= 0:
         raise DataError(
             f"duration: expected the video's length in seconds (a positive number), found "
             f"{duration!r}"
@@ -436,17 +440,13 @@ def _check_duration(duration) -> float | None:
 
 
 def _int_in(value, name: str, lo: int, hi: int | None, what: str) -> int:
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-    if not ok or value < lo or (hi is not None and value > hi):
+    if not _is_real(value, (int, np.integer)) or value < lo or (hi is not None and value > hi):
         bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
         raise ValueError(f"{name}: expected an integer {bound} ({what}), found {value!r}")
     return int(value)
 
 
 def _float_in(value, name: str, lo: float, hi: float) -> float:
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
-        value, (bool, np.bool_)
-    )
-    if not ok or not lo <= value <= hi:
+    if not _is_real(value) or not lo <= value <= hi:
         raise ValueError(f"{name}: expected a number in [{lo}, {hi}], found {value!r}")
     return float(value)
